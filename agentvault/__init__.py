@@ -1,0 +1,1 @@
+"""The AgentVault server project: settings, routing and shared API plumbing."""

@@ -1,0 +1,1 @@
+"""Authentication shared by the REST API and the WebSocket relay."""

@@ -1,0 +1,353 @@
+"""Settings of the AgentVault server, read from the environment.
+
+Every value comes from an environment variable (or ``NAME_FILE`` for secrets)
+through django-environ; bad values stop the process at start-up with a message
+that names the variable to fix. With no ``DATABASE_URL`` the server runs on the
+embedded PostgreSQL under ``AV_DATA_DIR`` and generates its secrets there.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+from tenants.db import reset_tenant_setting
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+
+def env_secret(name: str) -> str | None:
+    """Return secret ``name`` from the environment or from the file ``NAME_FILE``."""
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(
+                f"{name}_FILE points to {path!r}, which cannot be read ({exc.strerror})."
+            ) from None
+    return os.environ.get(name) or None
+
+
+def _generated_secret(data_dir: Path, name: str, factory: Any) -> str:
+    """Return a secret kept in the data directory, creating it on first use."""
+    folder = data_dir / "secrets"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / name
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(factory())
+    return path.read_text().strip()
+
+
+def _new_signing_key() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _required_secret(name: str, *, data_dir: Path, embedded: bool, factory: Any) -> str:
+    value = env_secret(name)
+    if value:
+        return value
+    if embedded:
+        return _generated_secret(data_dir, name.lower(), factory)
+    raise ImproperlyConfigured(
+        f"Set {name} (or {name}_FILE): it is required when DATABASE_URL is set."
+    )
+
+
+# --- Core -----------------------------------------------------------------
+
+DATA_DIR = Path(env.str("AV_DATA_DIR", default=str(BASE_DIR / ".agentvault")))
+DATA_DIR = DATA_DIR.expanduser().resolve()
+EMBEDDED = not os.environ.get("DATABASE_URL")
+
+DEBUG = env.bool("AV_DEBUG", default=False)
+SECRET_KEY = _required_secret(
+    "AV_SECRET_KEY",
+    data_dir=DATA_DIR,
+    embedded=EMBEDDED,
+    factory=lambda: secrets.token_urlsafe(50),
+)
+ALLOWED_HOSTS = env.list("AV_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("AV_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "guardian",
+    "channels",
+    "tenants",
+    "audit",
+    "enrollment",
+    "messaging",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "agentvault.context.RequestContextMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "tenants.middleware.TenantScopeMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "agentvault.urls"
+ASGI_APPLICATION = "agentvault.asgi.application"
+AUTH_USER_MODEL = "tenants.User"
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+# Console accounts are tenant staff; guardian's anonymous user is not needed.
+ANONYMOUS_USER_NAME = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = env.bool("AV_SECURE_COOKIES", default=not DEBUG and not EMBEDDED)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+# --- Database ---------------------------------------------------------------
+# "default" serves requests as the app role. Migrations connect as the owner
+# role (see tenants.db.owner_credentials); an optional operator role with
+# BYPASSRLS serves the few commands that read across tenants.
+
+_POOL = {
+    "min_size": env.int("AV_DB_POOL_MIN", default=1),
+    "max_size": env.int("AV_DB_POOL_MAX", default=10),
+    "timeout": env.float("AV_DB_POOL_TIMEOUT", default=10.0),
+    "max_lifetime": 1800,
+    # Second guard behind transaction-local settings: a connection returned
+    # to the pool forgets its tenant.
+    "reset": reset_tenant_setting,
+}
+
+
+def _database(url: str) -> dict[str, Any]:
+    config: dict[str, Any] = env.db_url_config(url)
+    config["CONN_MAX_AGE"] = 0
+    config["CONN_HEALTH_CHECKS"] = False
+    config["ATOMIC_REQUESTS"] = False
+    config.setdefault("OPTIONS", {})
+    return config
+
+
+if EMBEDDED:
+    from agentvault.embedded import ensure_embedded_postgres
+
+    _embedded = ensure_embedded_postgres(DATA_DIR)
+
+    def _embedded_url(role: str) -> str:
+        return (
+            f"postgres://{role}@/{_embedded.name}"
+            f"?host={_embedded.socket_dir}&port={_embedded.port}"
+        )
+
+    _app_url = _embedded_url(_embedded.app)
+    _owner_url = _embedded_url(_embedded.owner)
+    _operator_url: str | None = _embedded_url(_embedded.operator)
+else:
+    _app_url = env.str("DATABASE_URL")
+    _owner_url = env.str("MIGRATE_DATABASE_URL", default="") or _app_url
+    _operator_url = env.str("OPERATOR_DATABASE_URL", default="") or None
+
+DATABASES = {"default": _database(_app_url)}
+DATABASES["default"]["OPTIONS"]["pool"] = dict(_POOL)
+DATABASES["default"]["TEST"] = {"NAME": env.str("AV_TEST_DB_NAME", default="")}
+if not DATABASES["default"]["TEST"]["NAME"]:
+    DATABASES["default"]["TEST"] = {}
+
+DATABASE_ROLES = {
+    "app": _database(_app_url),
+    "owner": _database(_owner_url),
+    "operator": _database(_operator_url) if _operator_url else None,
+}
+
+# --- Channels and cache -------------------------------------------------------
+
+REDIS_URL = env.str("REDIS_URL", default="")
+WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=1)
+if WEB_CONCURRENCY > 1 and not REDIS_URL:
+    raise ImproperlyConfigured(
+        f"WEB_CONCURRENCY={WEB_CONCURRENCY} needs REDIS_URL: the in-memory channel "
+        "layer and cache serve one worker process only."
+    )
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "capacity": env.int("AV_CHANNEL_CAPACITY", default=200),
+                "expiry": 60,
+                # Longer than the longest socket (daphne --websocket_timeout).
+                "group_expiry": env.int("AV_GROUP_EXPIRY", default=86400),
+                "prefix": "av",
+                "symmetric_encryption_keys": env.list(
+                    "AV_CHANNEL_ENCRYPTION_KEYS", default=[]
+                )
+                or None,
+            },
+        }
+    }
+    if not CHANNEL_LAYERS["default"]["CONFIG"]["symmetric_encryption_keys"]:
+        del CHANNEL_LAYERS["default"]["CONFIG"]["symmetric_encryption_keys"]
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "avc",
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": env.int("AV_CHANNEL_CAPACITY", default=200)},
+        }
+    }
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "agentvault",
+        }
+    }
+
+# --- API ------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["agentvault.auth.drf.BearerTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["agentvault.auth.drf.IsActiveDevice"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "agentvault.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "AgentVault API",
+    "DESCRIPTION": "Zero-knowledge relay between AI agents and their owners.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+}
+
+
+def _oidc_issuers() -> list[dict[str, Any]]:
+    raw = env.str("AV_OIDC_ISSUERS", default="")
+    if not raw:
+        return []
+    try:
+        issuers = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ImproperlyConfigured(
+            f"AV_OIDC_ISSUERS must be a JSON list of issuer objects ({exc.msg})."
+        ) from None
+    if not isinstance(issuers, list) or not all(
+        isinstance(item, dict) and item.get("issuer") and item.get("jwks_url")
+        for item in issuers
+    ):
+        raise ImproperlyConfigured(
+            "AV_OIDC_ISSUERS must be a JSON list of objects with at least "
+            '"issuer" and "jwks_url".'
+        )
+    return issuers
+
+
+def _signing_keys() -> list[str]:
+    primary = _required_secret(
+        "AV_SIGNING_KEY",
+        data_dir=DATA_DIR,
+        embedded=EMBEDDED,
+        factory=_new_signing_key,
+    )
+    fallbacks = env.list("AV_SIGNING_KEY_FALLBACKS", default=[])
+    return [primary, *fallbacks]
+
+
+AGENTVAULT_AUTH = {
+    "ISSUER": env.str("AV_TOKEN_ISSUER", default="agentvault"),
+    "AUDIENCE": "agentvault",
+    "TOKEN_LIFETIME": env.int("AV_TOKEN_LIFETIME", default=900),
+    "LEEWAY": env.int("AV_TOKEN_LEEWAY", default=10),
+    "SIGNING_KEYS": _signing_keys(),
+    "OIDC_ISSUERS": _oidc_issuers(),
+    "JWKS_LIFESPAN": env.int("AV_JWKS_LIFESPAN", default=300),
+    "JWKS_STALE_FOR": env.int("AV_JWKS_STALE_FOR", default=3600),
+    "JWKS_COOLDOWN": env.int("AV_JWKS_COOLDOWN", default=30),
+    "JWKS_TIMEOUT": env.float("AV_JWKS_TIMEOUT", default=3.0),
+}
+
+AGENTVAULT = {
+    "INVITE_PEPPER": _required_secret(
+        "AV_INVITE_PEPPER",
+        data_dir=DATA_DIR,
+        embedded=EMBEDDED,
+        factory=lambda: secrets.token_urlsafe(32),
+    ),
+    "TRUSTED_PROXIES": env.list("AV_TRUSTED_PROXIES", default=[]),
+}
+
+# --- Logging --------------------------------------------------------------------
+# Defined in full: no mail_admins handler, nothing that prints request objects.
+
+LOG_LEVEL = env.str("AV_LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "embedded_postgres": {"level": "WARNING"},
+    },
+}

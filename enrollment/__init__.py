@@ -1,0 +1,1 @@
+"""Invites, enrollment, approval, device authentication and prekeys."""

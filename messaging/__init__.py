@@ -1,0 +1,1 @@
+"""Rooms, messages, per-device delivery queues and the relay consumer."""
