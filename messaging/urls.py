@@ -1,0 +1,5 @@
+"""API routes of the messaging app."""
+
+from django.urls import path  # noqa: F401
+
+urlpatterns: list[object] = []
