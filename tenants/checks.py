@@ -1,1 +1,5 @@
 """Tenancy checks."""
+
+
+def run_startup_checks() -> None:
+    """Refuse to serve on an unsafe database role (filled in below)."""
