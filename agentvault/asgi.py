@@ -1,27 +1,20 @@
-"""ASGI entry point: HTTP (DRF and the console) and the WebSocket relay."""
+"""ASGI entry point for daphne: checks the database role, then serves.
+
+Tests build the same application with ``agentvault.routing.build_application``
+(this module queries the database at import, which tests must not do).
+"""
 
 from __future__ import annotations
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "agentvault.settings")
+django.setup()
 
-# Django must be set up before anything imports models.
-django_asgi_app = get_asgi_application()
-
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
-
-from messaging.routing import websocket_urlpatterns  # noqa: E402
+from agentvault.routing import build_application  # noqa: E402
 from tenants.checks import run_startup_checks  # noqa: E402
 
 run_startup_checks()
-
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
-    }
-)
+application = build_application()
