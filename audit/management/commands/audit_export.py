@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
-from typing import Any, TextIO
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -45,7 +44,7 @@ class Command(BaseCommand):
         """Stream the events inside the tenant's scope."""
         tenant = resolve_tenant(options["tenant"])
         try:
-            out: TextIO = open(options["output"], "w") if options["output"] else sys.stdout
+            out: Any = open(options["output"], "w") if options["output"] else self.stdout
         except OSError as exc:
             raise CommandError(f"Cannot write {options['output']}: {exc.strerror}.") from None
 
@@ -56,6 +55,6 @@ class Command(BaseCommand):
                     out.write(json.dumps(event_as_dict(event), sort_keys=True) + "\n")
                     count += 1
         finally:
-            if out is not sys.stdout:
+            if out is not self.stdout:
                 out.close()
         self.stderr.write(f"Exported {count} events of {tenant.slug}.")
