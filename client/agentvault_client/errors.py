@@ -173,3 +173,154 @@ class InsecureKeyFileError(CryptoError):
 
     code = "insecure_key_file"
     default_message = "The key file must have permissions 0600 or stricter."
+
+
+# --- Transport and API errors (SDK transport, issue #6) -----------------------
+# Raised by agentvault_client.api, .relay, .aio and .cli. An API error carries
+# the server's stable ``code`` (from its ``{code, message, fields}`` envelope),
+# the HTTP status and the structured ``fields``; never a token or a body.
+
+__all__ += [
+    "ApiError",
+    "ConflictError",
+    "DeviceMismatchError",
+    "DevicePendingError",
+    "DeviceRevokedError",
+    "NotEnrolledError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "ProfileError",
+    "RateLimitedError",
+    "RelayClosedError",
+    "StaleDevicesError",
+    "TransportError",
+    "UnauthorizedError",
+]
+
+
+class TransportError(SdkError):
+    """Raise when the server cannot be reached or the connection drops."""
+
+    code = "transport_error"
+    default_message = "The server could not be reached."
+
+
+class ApiError(SdkError):
+    """Raise when the server answers with an error envelope.
+
+    ``code`` is the server's stable code (``invalid_invite``, ``not_found``,
+    ...), ``status`` the HTTP status and ``fields`` the structured details.
+    """
+
+    code = "api_error"
+    default_message = "The server refused the request."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        status: int = 0,
+        fields: dict[str, object] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """Create the error from the server's code, status and fields."""
+        super().__init__(message)
+        if code:
+            self.code = code
+        self.status = status
+        self.fields: dict[str, object] = fields or {}
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        """Return the class name, code and status only."""
+        return f"{type(self).__name__}(code={self.code!r}, status={self.status})"
+
+
+class UnauthorizedError(ApiError, AuthError):
+    """Raise on 401: the token is missing, expired or refused."""
+
+    code = "not_authenticated"
+    default_message = "The server did not accept the credentials."
+
+
+class DevicePendingError(AuthError):
+    """Raise when the device still waits for an admin's approval."""
+
+    code = "device_pending"
+    default_message = "The device is waiting for an admin's approval."
+
+
+class DeviceRevokedError(AuthError):
+    """Raise when this device was revoked (401 on token, or close 4403)."""
+
+    code = "device_revoked"
+    default_message = "This device was revoked."
+
+
+class NotFoundError(ApiError):
+    """Raise on 404: the object is missing or not visible to this device."""
+
+    code = "not_found"
+    default_message = "Not found."
+
+
+class ConflictError(ApiError):
+    """Raise on a 409 other than ``device_mismatch``."""
+
+    code = "conflict"
+    default_message = "The request conflicts with the server's state."
+
+
+class DeviceMismatchError(ApiError):
+    """Raise on 409 ``device_mismatch``: ``fields`` has ``missing``/``extra``."""
+
+    code = "device_mismatch"
+    default_message = "The envelopes do not match the room's devices."
+
+
+class StaleDevicesError(ApiError):
+    """Raise on 410 ``stale_devices``: ``fields`` has ``stale``."""
+
+    code = "stale_devices"
+    default_message = "Some envelopes are addressed to revoked devices."
+
+
+class PayloadTooLargeError(ApiError):
+    """Raise when a message is larger than the server or the envelope allows."""
+
+    code = "payload_too_large"
+    default_message = "The message is too large."
+
+
+class RateLimitedError(ApiError):
+    """Raise on 429; ``retry_after`` holds the server's hint in seconds."""
+
+    code = "rate_limited"
+    default_message = "Too many requests; try again later."
+
+
+class RelayClosedError(TransportError):
+    """Raise when the relay socket closes; ``close_code`` says why."""
+
+    code = "relay_closed"
+    default_message = "The relay connection closed."
+
+    def __init__(self, message: str | None = None, *, close_code: int = 0) -> None:
+        """Create the error with the WebSocket close code."""
+        super().__init__(message)
+        self.close_code = close_code
+
+
+class ProfileError(SdkError):
+    """Raise when a local profile is missing, incomplete or unsafe."""
+
+    code = "profile_error"
+    default_message = "The local profile cannot be used."
+
+
+class NotEnrolledError(ProfileError):
+    """Raise when the profile has no enrolled device yet."""
+
+    code = "not_enrolled"
+    default_message = "This profile has no enrolled device; run 'agentvault enroll'."

@@ -56,8 +56,8 @@ MIN_BODY_BYTES = PAD_BLOCK + TAG_BYTES
 MAX_ENVELOPE_BYTES = PREKEY_PREFIX_BYTES + NONCE_BYTES + MAX_PADDED_BYTES + TAG_BYTES
 
 _header = struct.Struct(">32sII")
+_ratchet_prefix = struct.Struct(">BBB32sII")
 _prekey_fields = struct.Struct(">32s32sII")
-_U32_MAX = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,7 @@ class PrekeyFields:
     one_time_prekey_id: int | None
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+@dataclass(slots=True, repr=False)
 class Envelope:
     """Hold a parsed envelope; ``prefix`` is every byte before the nonce."""
 
@@ -95,7 +95,7 @@ def encode_header(ratchet_key: bytes, pn: int, n: int) -> bytes:
 
 def ratchet_prefix(ratchet_key: bytes, pn: int, n: int) -> bytes:
     """Return the bytes before the nonce of a ratchet envelope."""
-    return b"\x01\x02\x00" + _header.pack(ratchet_key, pn, n)
+    return _ratchet_prefix.pack(VERSION, TYPE_RATCHET, 0, ratchet_key, pn, n)
 
 
 def prekey_prefix(fields: PrekeyFields, ratchet_key: bytes, pn: int, n: int) -> bytes:

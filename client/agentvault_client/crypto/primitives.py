@@ -7,6 +7,7 @@ library. Nothing here is home-made cryptography.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 
@@ -37,6 +38,7 @@ __all__ = [
     "ed25519_verify",
     "hkdf_sha256",
     "hmac_sha256",
+    "hmac_sha256_pair",
     "random_bytes",
     "x25519",
     "x25519_generate",
@@ -53,7 +55,14 @@ _scalarmult_base = _sodium.crypto_scalarmult_base
 _box_keypair = _sodium.crypto_box_keypair
 _aead_encrypt = _sodium.crypto_aead_xchacha20poly1305_ietf_encrypt
 _aead_decrypt = _sodium.crypto_aead_xchacha20poly1305_ietf_decrypt
-_hmac_digest = hmac.digest
+try:
+    # CPython's OpenSSL HMAC, which the stdlib hmac module wraps. Calling it
+    # directly skips Python frames on the hottest path of the ratchet.
+    from _hashlib import hmac_digest as _hmac_digest
+    from _hashlib import hmac_new as _hmac_new
+except ImportError:  # pragma: no cover - only non-OpenSSL builds of CPython
+    _hmac_digest = hmac.digest
+    _hmac_new = hmac.new
 _urandom = os.urandom
 
 
@@ -119,11 +128,17 @@ def ed25519_verify(public: bytes, message: bytes, signature: bytes) -> None:
 def ed25519_pk_to_x25519(public: bytes) -> bytes:
     """Convert an Ed25519 public key to X25519 or raise :class:`InvalidKeyError`.
 
-    libsodium validates the point; PyNaCl reports a failure as a bare
-    ``RuntimeError``, mapped here to our error.
+    libsodium validates the point (about 60 us); PyNaCl reports a failure as
+    a bare ``RuntimeError``, mapped here to our error. Results for recent
+    contacts are cached; public keys only, so the cache holds no secret.
     """
-    if len(public) != KEY_BYTES:
+    if type(public) is not bytes or len(public) != KEY_BYTES:
         raise InvalidKeyError()
+    return _convert_public(public)
+
+
+@functools.lru_cache(maxsize=1024)
+def _convert_public(public: bytes) -> bytes:
     try:
         return _sodium.crypto_sign_ed25519_pk_to_curve25519(  # type: ignore[no-any-return]
             public
@@ -156,6 +171,15 @@ def hkdf_sha256(ikm: bytes, *, salt: bytes | None, info: bytes, length: int) -> 
 def hmac_sha256(key: bytes, message: bytes) -> bytes:
     """Return HMAC-SHA256 of ``message`` under ``key``."""
     return _hmac_digest(key, message, "sha256")
+
+
+def hmac_sha256_pair(key: bytes, first: bytes, second: bytes) -> tuple[bytes, bytes]:
+    """Return HMAC-SHA256 of two messages under one key (keyed once)."""
+    keyed = _hmac_new(key, None, "sha256")
+    other = keyed.copy()
+    other.update(first)
+    keyed.update(second)
+    return other.digest(), keyed.digest()
 
 
 def aead_encrypt(key: bytes, nonce: bytes, plaintext: bytes, ad: bytes) -> bytes:

@@ -57,12 +57,14 @@ MAX_OLD_RECEIVE_KEYS = 5
 
 _STATE_VERSION = 1
 _hmac = prim.hmac_sha256
+_hmac_pair = prim.hmac_sha256_pair
 _aead_encrypt = prim.aead_encrypt
 _aead_decrypt = prim.aead_decrypt
 _random = prim.random_bytes
 _ratchet_prefix = env.ratchet_prefix
 _pad = env.pad
 _unpad = env.unpad
+_PAD = env.PAD_BLOCK
 
 
 def kdf_rk(root_key: bytes, dh_output: bytes) -> tuple[bytes, bytes]:
@@ -73,7 +75,7 @@ def kdf_rk(root_key: bytes, dh_output: bytes) -> tuple[bytes, bytes]:
 
 def kdf_ck(chain_key: bytes) -> tuple[bytes, bytes]:
     """Return ``(message key, next chain key)`` via HMAC-SHA256 with 0x01/0x02."""
-    return _hmac(chain_key, CHAIN_MESSAGE_KEY), _hmac(chain_key, CHAIN_NEXT_KEY)
+    return _hmac_pair(chain_key, CHAIN_MESSAGE_KEY, CHAIN_NEXT_KEY)
 
 
 class SkippedKeys:
@@ -313,15 +315,19 @@ def prepare_send(
     cks = state.cks
     if cks is None:
         raise CannotSendError()
-    mk = _hmac(cks, CHAIN_MESSAGE_KEY)
+    mk, next_cks = _hmac_pair(cks, CHAIN_MESSAGE_KEY, CHAIN_NEXT_KEY)
     n = state.ns
     if state.pending is None:
         prefix = _ratchet_prefix(state.dhs_public, state.pn, n)
     else:
         prefix = env.prekey_prefix(state.pending, state.dhs_public, state.pn, n)
     nonce = _random(24)
-    body = _aead_encrypt(mk, nonce, _pad(plaintext), prefix + ad_suffix)
-    return prefix + nonce + body, SendPlan(_hmac(cks, CHAIN_NEXT_KEY), n + 1)
+    size = len(plaintext)
+    if size > env.MAX_PLAINTEXT_BYTES:
+        _pad(plaintext)  # raises the size error
+    padded = plaintext + b"\x80" + bytes(_PAD - 1 - size % _PAD)
+    body = _aead_encrypt(mk, nonce, padded, prefix + ad_suffix)
+    return prefix + nonce + body, SendPlan(next_cks, n + 1)
 
 
 @dataclass(slots=True, repr=False)
@@ -363,8 +369,8 @@ def _skip(
     """Derive keys ``start..until-1`` into ``out``; return the chain key at ``until``."""
     ck = chain_key
     for i in range(start, until):
-        out.append((dh, i, _hmac(ck, CHAIN_MESSAGE_KEY)))
-        ck = _hmac(ck, CHAIN_NEXT_KEY)
+        mk, ck = _hmac_pair(ck, CHAIN_MESSAGE_KEY, CHAIN_NEXT_KEY)
+        out.append((dh, i, mk))
     return ck
 
 
@@ -398,8 +404,9 @@ def prepare_receive(
             raise DuplicateMessageError()
         if n - nr > MAX_SKIP:
             raise TooManySkippedError()
-        ckr = _skip(ckr, dh, nr, n, new_skipped)
-        mk = _hmac(ckr, CHAIN_MESSAGE_KEY)
+        if n > nr:
+            ckr = _skip(ckr, dh, nr, n, new_skipped)
+        mk, next_ckr = _hmac_pair(ckr, CHAIN_MESSAGE_KEY, CHAIN_NEXT_KEY)
         padded = _aead_decrypt(mk, message.nonce, message.ciphertext, ad)
         fields = (
             state.dhs_private,
@@ -407,7 +414,7 @@ def prepare_receive(
             dh,
             state.rk,
             state.cks,
-            _hmac(ckr, CHAIN_NEXT_KEY),
+            next_ckr,
             state.ns,
             n + 1,
             state.pn,
@@ -432,7 +439,7 @@ def prepare_receive(
     new_private, new_public = prim.x25519_generate()
     rk, cks = kdf_rk(rk, prim.x25519(new_private, dh))
     ckr = _skip(ckr, dh, 0, n, new_skipped)
-    mk = _hmac(ckr, CHAIN_MESSAGE_KEY)
+    mk, next_ckr = _hmac_pair(ckr, CHAIN_MESSAGE_KEY, CHAIN_NEXT_KEY)
     padded = _aead_decrypt(mk, message.nonce, message.ciphertext, ad)
     fields = (
         new_private,
@@ -440,7 +447,7 @@ def prepare_receive(
         dh,
         rk,
         cks,
-        _hmac(ckr, CHAIN_NEXT_KEY),
+        next_ckr,
         0,
         n + 1,
         state.ns,
