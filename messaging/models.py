@@ -91,6 +91,8 @@ class DeviceQueue(models.Model):
     the sending transaction, so sequence numbers are gap-free per device and
     the row lock orders concurrent senders. ``depth`` counts the deliveries
     still queued; ``acked_seq`` is the highest sequence number acknowledged.
+    ``connection_epoch`` grows by one per relay connection of the device, so
+    the newest socket wins and older ones close (one live socket per device).
     """
 
     device = models.OneToOneField(
@@ -100,6 +102,7 @@ class DeviceQueue(models.Model):
     last_seq = models.BigIntegerField(default=0)
     acked_seq = models.BigIntegerField(default=0)
     depth = models.IntegerField(default=0)
+    connection_epoch = models.BigIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"queue of {self.device_id} at {self.last_seq}"

@@ -1,5 +1,19 @@
-"""API routes of the messaging app."""
+"""API routes of the messaging app (included under ``/api/v1/``)."""
 
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list[object] = []
+from messaging import views
+
+urlpatterns = [
+    path("rooms", views.RoomsView.as_view(), name="rooms"),
+    path("rooms/<str:room_id>/members", views.RoomMembersView.as_view()),
+    path(
+        "rooms/<str:room_id>/members/<str:member_id>",
+        views.RoomMembersView.as_view(),
+        name="room-member",
+    ),
+    path("rooms/<str:room_id>/devices", views.RoomDevicesView.as_view()),
+    path("rooms/<str:room_id>/messages", views.RoomMessagesView.as_view()),
+    path("devices/me/inbox", views.InboxView.as_view(), name="inbox"),
+    path("devices/me/inbox/ack", views.InboxAckView.as_view(), name="inbox-ack"),
+]
