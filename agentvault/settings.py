@@ -311,7 +311,19 @@ def _signing_keys() -> list[str]:
         factory=_new_signing_key,
     )
     fallbacks = env.list("AV_SIGNING_KEY_FALLBACKS", default=[])
-    return [primary, *fallbacks]
+    keys = [primary, *fallbacks]
+    for key in keys:
+        try:
+            valid = len(base64.b64decode(key, validate=True)) == 32
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ImproperlyConfigured(
+                "AV_SIGNING_KEY and each AV_SIGNING_KEY_FALLBACKS entry must be the "
+                "base64 of a 32-byte Ed25519 seed (python -c \"import base64, os; "
+                'print(base64.b64encode(os.urandom(32)).decode())").'
+            )
+    return keys
 
 
 AGENTVAULT_AUTH = {
@@ -382,7 +394,20 @@ OBSERVABILITY = {
 
 # --- Enrollment (invites, device tokens, prekeys) ----------------------------------
 
-ENROLLMENT: dict[str, Any] = {}
+ENROLLMENT: dict[str, Any] = {
+    # Invites: default and longest lifetime, in seconds.
+    "INVITE_LIFETIME": env.int("AV_INVITE_LIFETIME", default=24 * 3600),
+    "INVITE_MAX_LIFETIME": 7 * 24 * 3600,
+    # Every enrollment attempt counts, per client IP.
+    "ENROLL_RATE": env.str("AV_ENROLL_RATE", default="5/10m"),
+    # Device authentication: challenge lifetime (s) and attempts per IP.
+    "CHALLENGE_LIFETIME": 60,
+    "AUTH_RATE": env.str("AV_AUTH_RATE", default="30/m"),
+    # Prekey directory.
+    "PREKEYS_PER_UPLOAD": 100,
+    "PREKEYS_STORED": env.int("AV_PREKEYS_STORED", default=1000),
+    "BUNDLE_RATE": env.str("AV_BUNDLE_RATE", default="20/m"),
+}
 
 # --- Messaging (rooms, delivery, relay) ---------------------------------------------
 

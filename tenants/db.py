@@ -24,6 +24,9 @@ def reset_tenant_setting(connection: Any) -> None:
     Django set at connect time and ``DISCARD ALL`` would drop a role.
     """
     connection.execute(f"RESET {TENANT_SETTING}")
+    if not connection.autocommit:
+        # The pool discards a connection its reset leaves in a transaction.
+        connection.commit()
 
 
 def role_settings(role: str) -> dict[str, Any]:
