@@ -1,0 +1,344 @@
+"""Thin API views of enrollment, device authentication and the prekey directory.
+
+Authenticated views run inside the tenant scope the middleware opened from
+the token. The three unauthenticated views (enroll, challenge, token) count
+the attempt first and open their own scope once the tenant is known.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Any
+
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters
+from rest_framework.permissions import AllowAny, BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from agentvault.auth.drf import IsActiveDevice, IsTenantAdmin, _principal
+from agentvault.auth.principal import Principal
+from agentvault.errors import BadRequestError, ForbiddenError, NotFoundError
+from enrollment import actions, limits
+from enrollment.conf import option
+from enrollment.errors import InvalidKeyError
+from enrollment.models import Device, Invite
+from enrollment.serializers import (
+    ChallengeRequestSerializer,
+    DeviceSerializer,
+    EnrollmentSerializer,
+    InviteCreateSerializer,
+    InviteSerializer,
+    PrekeyUploadSerializer,
+    TokenRequestSerializer,
+)
+from tenants.models import Member
+
+
+class IsDevice(BasePermission):
+    """Allow any device token, pending ones included (revoked never resolve)."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        """Return whether the caller authenticated as a device."""
+        principal = _principal(request)
+        return principal is not None and principal.device is not None
+
+
+class IsActiveDeviceToken(IsActiveDevice):
+    """Allow approved devices calling with a device token."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        """Return whether the caller is an approved device."""
+        principal = _principal(request)
+        return super().has_permission(request, view) and bool(
+            principal and principal.device is not None
+        )
+
+
+def _valid(serializer: Any) -> dict[str, Any]:
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data  # type: ignore[no-any-return]
+
+
+def _b64(value: bytes) -> str:
+    return base64.b64encode(bytes(value)).decode("ascii")
+
+
+def access_device(principal: Principal, device_id: uuid.UUID) -> Device:
+    """Return a device of the caller's tenant, or ``not_found``.
+
+    Row-level security already hides other tenants' devices; the tenant
+    filter states it again.
+    """
+    device = (
+        Device.objects.select_related("member")
+        .filter(pk=device_id, tenant_id=principal.tenant_id)
+        .first()
+    )
+    if device is None:
+        raise NotFoundError()
+    return device
+
+
+# --- Invites -------------------------------------------------------------------
+
+
+@method_decorator(sensitive_post_parameters(), name="dispatch")
+class InviteListView(APIView):
+    """``GET``: the tenant's invites. ``POST``: create one; its token shows once."""
+
+    permission_classes = [IsTenantAdmin]
+
+    def get(self, request: Request) -> Response:
+        """List invites, newest first."""
+        invites = Invite.objects.filter(tenant_id=request.user.tenant_id)[:500]
+        return Response(InviteSerializer(invites, many=True).data)
+
+    def post(self, request: Request) -> Response:
+        """Create an invite."""
+        data = _valid(InviteCreateSerializer(data=request.data))
+        principal: Principal = request.user
+
+        member = None
+        if "member_id" in data:
+            member = (
+                Member.objects.active()
+                .filter(pk=data["member_id"], tenant_id=principal.tenant_id)
+                .first()
+            )
+            if member is None:
+                raise NotFoundError()
+
+        created = actions.do_create_invite(
+            tenant_id=principal.tenant_id,
+            acting=principal,
+            member=member,
+            name=data.get("name", ""),
+            kind=data.get("kind", ""),
+            role=data.get("role", ""),
+            lifetime=data.get("expires_in"),
+        )
+        body = {**InviteSerializer(created.invite).data, "token": created.token}
+        return Response(body, status=201)
+
+
+class InviteRevokeView(APIView):
+    """``POST /invites/{id}/revoke``."""
+
+    permission_classes = [IsTenantAdmin]
+
+    def post(self, request: Request, invite_id: uuid.UUID) -> Response:
+        """Revoke an open invite (idempotent)."""
+        invite = Invite.objects.filter(
+            pk=invite_id, tenant_id=request.user.tenant_id
+        ).first()
+        if invite is None:
+            raise NotFoundError()
+        invite = actions.do_revoke_invite(invite, acting=request.user)
+        return Response(InviteSerializer(invite).data)
+
+
+# --- Enrollment and device authentication -------------------------------------
+
+
+@method_decorator(sensitive_post_parameters(), name="dispatch")
+class EnrollmentView(APIView):
+    """``POST /enrollments``: redeem an invite for a pending device."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    def post(self, request: Request) -> Response:
+        """Enroll; every attempt counts toward the per-address limit."""
+        limits.count_enrollment_attempt(request)
+        serializer = EnrollmentSerializer(data=request.data)
+        if not serializer.is_valid() and "identity_key" in serializer.errors:
+            raise InvalidKeyError()
+        data = _valid(serializer)
+
+        device = actions.do_enroll_device(
+            invite_token=data["invite_token"],
+            identity_key=data["identity_key"],
+            device_name=data["device_name"],
+            proof=data["proof"],
+        )
+        body = {
+            "device_id": str(device.pk),
+            "member_id": str(device.member_id),
+            "tenant_id": str(device.tenant_id),
+            "status": device.status,
+            "fingerprint": device.fingerprint,
+        }
+        return Response(body, status=201)
+
+
+class ChallengeView(APIView):
+    """``POST /auth/challenge``: a single-use challenge for a device."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    def post(self, request: Request) -> Response:
+        """Return a challenge, whether or not the device exists."""
+        limits.count_auth_attempt(request)
+        data = _valid(ChallengeRequestSerializer(data=request.data))
+        challenge = actions.do_issue_challenge(data["device_id"])
+        body = {
+            "challenge": _b64(challenge),
+            "expires_in": int(option("CHALLENGE_LIFETIME")),
+        }
+        return Response(body)
+
+
+@method_decorator(sensitive_post_parameters(), name="dispatch")
+class TokenView(APIView):
+    """``POST /auth/token``: exchange a signed challenge for an access token."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    def post(self, request: Request) -> Response:
+        """Issue a bearer token for the device that signed the challenge."""
+        limits.count_auth_attempt(request)
+        data = _valid(TokenRequestSerializer(data=request.data))
+        access_token, expires_in = actions.do_issue_device_token(
+            data["device_id"], challenge=data["challenge"], signature=data["signature"]
+        )
+        body = {
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": expires_in,
+        }
+        return Response(body, headers={"Cache-Control": "no-store"})
+
+
+# --- Devices -------------------------------------------------------------------
+
+
+class DeviceListView(APIView):
+    """``GET /devices``: every device of the tenant (admins)."""
+
+    permission_classes = [IsTenantAdmin]
+
+    def get(self, request: Request) -> Response:
+        """List devices, optionally filtered by ``?status=``."""
+        devices = Device.objects.select_related("member").filter(
+            tenant_id=request.user.tenant_id
+        )
+        status = request.query_params.get("status")
+        if status:
+            if status not in Device.Status.values:
+                raise BadRequestError(fields={"status": ["Unknown status."]})
+            devices = devices.filter(status=status)
+        return Response(DeviceSerializer(devices, many=True).data)
+
+
+class DeviceMeView(APIView):
+    """``GET /devices/me``: the calling device, pending devices included."""
+
+    permission_classes = [IsDevice]
+
+    def get(self, request: Request) -> Response:
+        """Return the calling device's status and fingerprint."""
+        return Response(DeviceSerializer(request.user.device).data)
+
+
+class DeviceApproveView(APIView):
+    """``POST /devices/{id}/approve`` (admins)."""
+
+    permission_classes = [IsTenantAdmin]
+
+    def post(self, request: Request, device_id: uuid.UUID) -> Response:
+        """Approve a pending device (idempotent)."""
+        device = access_device(request.user, device_id)
+        device = actions.do_approve_device(device, acting=request.user)
+        return Response(DeviceSerializer(device).data)
+
+
+class DeviceRevokeView(APIView):
+    """``POST /devices/{id}/revoke`` (admins, or the device itself)."""
+
+    permission_classes = [IsActiveDevice]
+
+    def post(self, request: Request, device_id: uuid.UUID) -> Response:
+        """Revoke a device (idempotent)."""
+        principal: Principal = request.user
+        device = access_device(principal, device_id)
+        if not principal.is_admin and device.pk != principal.device_id:
+            raise ForbiddenError()
+        device = actions.do_revoke_device(device, acting=principal)
+        return Response(DeviceSerializer(device).data)
+
+
+# --- Prekeys -------------------------------------------------------------------
+
+
+class PrekeysView(APIView):
+    """``PUT``/``GET /devices/me/prekeys``: the calling device's prekeys."""
+
+    permission_classes = [IsActiveDeviceToken]
+
+    def put(self, request: Request) -> Response:
+        """Publish a signed prekey and one-time prekeys."""
+        serializer = PrekeyUploadSerializer(
+            data=request.data, per_upload=int(option("PREKEYS_PER_UPLOAD"))
+        )
+        data = _valid(serializer)
+        signed = data.get("signed_prekey")
+        count = actions.do_upload_prekeys(
+            request.user.device,
+            signed_prekey=actions.SignedPrekeyUpload(
+                key_id=signed["id"],
+                public_key=signed["public_key"],
+                signature=signed["signature"],
+            )
+            if signed
+            else None,
+            one_time_prekeys=[
+                actions.OneTimePrekeyUpload(key_id=p["id"], public_key=p["public_key"])
+                for p in data.get("one_time_prekeys", [])
+            ],
+        )
+        return Response({"one_time_prekeys": count})
+
+    def get(self, request: Request) -> Response:
+        """Return the count of one-time prekeys left and the signed prekey id."""
+        return Response(actions.get_prekey_status(request.user.device))
+
+
+class PrekeyBundlesView(APIView):
+    """``POST /members/{id}/prekey-bundles``: claim a member's device bundles."""
+
+    permission_classes = [IsActiveDeviceToken]
+
+    def post(self, request: Request, member_id: uuid.UUID) -> Response:
+        """Return one bundle per active device of the member but the caller."""
+        principal: Principal = request.user
+        devices = actions.access_bundle_devices(principal, member_id)
+        for device in devices:
+            limits.count_bundle_claim(
+                request, caller=str(principal.device_id), target=str(device.pk)
+            )
+
+        bundles = actions.do_claim_prekey_bundles(devices)
+        body = []
+        for bundle in bundles:
+            device, signed = bundle["device"], bundle["signed_prekey"]
+            one_time = bundle["one_time_prekey"]
+            body.append(
+                {
+                    "device_id": str(device.pk),
+                    "identity_key": _b64(device.identity_key),
+                    "signed_prekey": {
+                        "id": signed.key_id,
+                        "public_key": _b64(signed.public_key),
+                        "signature": _b64(signed.signature),
+                    },
+                    "one_time_prekey": None
+                    if one_time is None
+                    else {"id": one_time[0], "public_key": _b64(one_time[1])},
+                }
+            )
+        return Response(body)
