@@ -28,22 +28,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "client"))
 sys.path.insert(0, str(ROOT / "client" / "tests"))
 
-import nacl.bindings as sodium  # noqa: E402
-import nacl.pwhash.argon2id as argon2id  # noqa: E402
-
-from agentvault_client.crypto import (  # noqa: E402
+import nacl.bindings as sodium
+from agentvault_client.crypto import (
     IdentityKeyPair,
     LocalDevice,
     OneTimePrekey,
     PrekeyBundle,
     SessionRecord,
     SignedPrekey,
+    x3dh,
 )
-from agentvault_client.crypto import envelope as env  # noqa: E402
-from agentvault_client.crypto import primitives as prim  # noqa: E402
-from agentvault_client.crypto import x3dh  # noqa: E402
-from agentvault_client.crypto.keys import b64encode  # noqa: E402
-from agentvault_client.store import Store  # noqa: E402
+from agentvault_client.crypto import envelope as env
+from agentvault_client.crypto import primitives as prim
+from agentvault_client.crypto.keys import b64encode
+from agentvault_client.store import Store
+from nacl.pwhash import argon2id
 
 PAYLOAD = os.urandom(1024)
 BURST = 100
@@ -119,7 +118,9 @@ def our_pair() -> tuple[LocalDevice, SessionRecord, LocalDevice, SessionRecord]:
     pool = Pool()
     spk = SignedPrekey.generate(bob.identity, 1)
     pool.signed[1] = spk
-    bundle = PrekeyBundle("bob", bob.identity.public_key, 1, spk.public_key, spk.signature)
+    bundle = PrekeyBundle(
+        "bob", bob.identity.public_key, 1, spk.public_key, spk.signature
+    )
     to_bob = SessionRecord.from_bundle(alice, bundle)
     first = to_bob.encrypt(alice, b"hello")
     to_alice = SessionRecord.for_incoming("alice", first)
@@ -155,7 +156,13 @@ def x3dh_setup() -> tuple:
     for i in range(20):
         opk = OneTimePrekey.generate(i + 1)
         bundle = PrekeyBundle(
-            "bob", bob.public_key, 1, spk.public_key, spk.signature, i + 1, opk.public_key
+            "bob",
+            bob.public_key,
+            1,
+            spk.public_key,
+            spk.signature,
+            i + 1,
+            opk.public_key,
         )
         prekeys.append((opk, bundle))
     return alice, bob, spk, prekeys
@@ -236,7 +243,9 @@ def syndace_pair(loop: asyncio.AbstractEventLoop) -> tuple:
     return alice, bob
 
 
-def syndace_round(loop: asyncio.AbstractEventLoop, pair: tuple, alternating: bool) -> int:
+def syndace_round(
+    loop: asyncio.AbstractEventLoop, pair: tuple, alternating: bool
+) -> int:
     """Run the burst or alternating pattern on Syndace's ratchet."""
     alice, bob = pair
     padded = env.pad(PAYLOAD)
@@ -321,7 +330,9 @@ def main() -> None:
         raw_aead_round,
         lambda: syndace_round(loop, peer, True),
     )
-    rows.append(("alternating senders (msg/s)", alternating, floor_alt, peer_alternating))
+    rows.append(
+        ("alternating senders (msg/s)", alternating, floor_alt, peer_alternating)
+    )
 
     setup = x3dh_setup()
     handshakes, x25519 = rates(lambda: our_x3dh_round(setup), raw_x25519_round)

@@ -30,10 +30,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-import nacl.pwhash.argon2id as argon2id
+from nacl.pwhash import argon2id
 
 from agentvault_client.crypto import envelope as env
 from agentvault_client.crypto import primitives as prim
@@ -253,7 +252,9 @@ class Store:
         opslimit: int,
         memlimit: int,
     ) -> bytes:
-        secret = passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase
+        secret = (
+            passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase
+        )
         row = conn.execute("SELECT value FROM meta WHERE name = 'kdf'").fetchone()
         if row is None:
             salt = prim.random_bytes(argon2id.SALTBYTES)
@@ -271,7 +272,9 @@ class Store:
         if row is None:
             sealed = self._seal(b"meta", _KEY_CHECK)
             with self._transaction():
-                self._conn.execute("INSERT INTO meta VALUES ('key_check', ?)", (sealed,))
+                self._conn.execute(
+                    "INSERT INTO meta VALUES ('key_check', ?)", (sealed,)
+                )
                 self._conn.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('schema', ?)",
                     (SCHEMA_VERSION,),
@@ -294,7 +297,7 @@ class Store:
         self._conn.close()
         self._records.clear()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         """Return the store itself."""
         return self
 
@@ -391,9 +394,7 @@ class Store:
         first = 1 if row is None else int(row[0])
         if first + count - 1 > MAX_PREKEY_ID:
             raise ProtocolError("Prekey ids are exhausted.")
-        conn.execute(
-            "INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, first + count)
-        )
+        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, first + count))
         return first
 
     def generate_signed_prekey(self) -> SignedPrekey:
@@ -453,9 +454,7 @@ class Store:
 
     def latest_signed_prekey(self) -> SignedPrekey | None:
         """Return the newest signed prekey, if any."""
-        row = self._conn.execute(
-            "SELECT MAX(prekey_id) FROM signed_prekeys"
-        ).fetchone()
+        row = self._conn.execute("SELECT MAX(prekey_id) FROM signed_prekeys").fetchone()
         return None if row[0] is None else self.signed_prekey(row[0])
 
     def delete_signed_prekey(self, prekey_id: int) -> None:
@@ -477,7 +476,9 @@ class Store:
 
     def count_one_time_prekeys(self) -> int:
         """Return how many one-time prekey private keys are held."""
-        return int(self._conn.execute("SELECT COUNT(*) FROM one_time_prekeys").fetchone()[0])
+        return int(
+            self._conn.execute("SELECT COUNT(*) FROM one_time_prekeys").fetchone()[0]
+        )
 
     def prekey_upload(self, new_one_time_prekeys: int = 100) -> dict[str, Any]:
         """Generate prekeys and return the body of the prekey upload call.
@@ -555,7 +556,9 @@ class Store:
         return b"session\x00" + peer_device_id.encode("utf-8")
 
     def _skipped_label(self, peer_device_id: str, dh: bytes, n: int) -> bytes:
-        return b"skipped\x00" + peer_device_id.encode("utf-8") + b"\x00" + dh + b"%d" % n
+        return (
+            b"skipped\x00" + peer_device_id.encode("utf-8") + b"\x00" + dh + b"%d" % n
+        )
 
     def load_session(self, peer_device_id: str) -> SessionRecord | None:
         """Return the session record of a peer device (cached after first load)."""
@@ -635,7 +638,9 @@ class Store:
             (peer, key, int(time.time())),
         )
 
-    def encrypt(self, peer_device_id: str, plaintext: bytes, *, message_ref: str) -> bytes:
+    def encrypt(
+        self, peer_device_id: str, plaintext: bytes, *, message_ref: str
+    ) -> bytes:
         """Encrypt for a peer device and store the envelope in the outbox.
 
         The advanced state and the exact envelope bytes commit together
@@ -794,4 +799,3 @@ class Store:
             (peer_device_id,),
         ).fetchone()
         return int(row[0])
-

@@ -41,11 +41,12 @@ class XChaChaAEAD(AEAD):
     async def decrypt(ciphertext: bytes, key: bytes, associated_data: bytes) -> bytes:
         """Decrypt nonce || ciphertext || tag or raise the package's error."""
         try:
-            return sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(  # type: ignore[no-any-return]
+            plaintext: bytes = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
                 ciphertext[24:], associated_data, ciphertext[:24], key
             )
         except nacl.exceptions.CryptoError:
             raise AuthenticationFailedException() from None
+        return plaintext
 
 
 class RootKDF(kdf_hkdf.KDF):
@@ -83,8 +84,9 @@ class SyndaceRatchet(DoubleRatchet):
         )
 
 
+_DH_RATCHET = diffie_hellman_ratchet_curve25519.DiffieHellmanRatchet
 CONFIG = {
-    "diffie_hellman_ratchet_class": diffie_hellman_ratchet_curve25519.DiffieHellmanRatchet,
+    "diffie_hellman_ratchet_class": _DH_RATCHET,
     "root_chain_kdf": RootKDF,
     "message_chain_kdf": ChainKDF,
     "message_chain_constant": ratchet.CHAIN_NEXT_KEY + ratchet.CHAIN_MESSAGE_KEY,
@@ -99,7 +101,9 @@ def to_syndace(data: bytes) -> EncryptedMessage:
     message = env.parse(data)
     assert message.type == env.TYPE_RATCHET
     header = Header(message.ratchet_key, message.pn, message.n)
-    return EncryptedMessage(header=header, ciphertext=message.nonce + message.ciphertext)
+    return EncryptedMessage(
+        header=header, ciphertext=message.nonce + message.ciphertext
+    )
 
 
 def from_syndace(message: EncryptedMessage) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from avclient_helpers import Device, established_pair
 
 from agentvault_client.crypto import SessionRecord
 from agentvault_client.crypto import envelope as env
@@ -13,7 +14,6 @@ from agentvault_client.errors import (
     SdkError,
     UnsupportedVersionError,
 )
-from avclient_helpers import Device, established_pair
 
 
 def _first_message() -> tuple[Device, Device, bytes]:
@@ -34,7 +34,7 @@ def test_a_ratchet_envelope_has_the_documented_layout() -> None:
 
 
 def test_a_prekey_envelope_has_the_documented_layout() -> None:
-    alice, bob, data = _first_message()
+    alice, _bob, data = _first_message()
     state = alice.records["bob-device"].states[0]
     assert data[:3] == b"\x01\x01\x00"
     assert data[3:35] == alice.local.identity.public_key
@@ -126,7 +126,7 @@ def _variants(data: bytes) -> list[bytes]:
 
 
 def test_every_bit_flip_and_truncation_of_a_prekey_envelope_is_refused() -> None:
-    alice, bob, data = _first_message()
+    _alice, bob, data = _first_message()
     record = SessionRecord.for_incoming("alice-device", data)
     before = record.serialize()
     one_time = dict(bob.prekeys.one_time)

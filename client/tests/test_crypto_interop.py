@@ -8,6 +8,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
+from avclient_helpers import property_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,11 +16,10 @@ from agentvault_client.crypto import envelope as env
 from agentvault_client.crypto import primitives as prim
 from agentvault_client.crypto import ratchet
 from agentvault_client.crypto.session import session_ad
-from avclient_helpers import property_settings
 
 pytest.importorskip("doubleratchet")
 
-from avclient_syndace import CONFIG, SyndaceRatchet, from_syndace, to_syndace  # noqa: E402
+from avclient_syndace import CONFIG, SyndaceRatchet, from_syndace, to_syndace
 
 T = TypeVar("T")
 
@@ -33,7 +33,9 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 class Ours:
     """Our side of a two-party ratchet, driven directly at the ratchet layer."""
 
-    def __init__(self, state: ratchet.RatchetState, send_ad: bytes, recv_ad: bytes) -> None:
+    def __init__(
+        self, state: ratchet.RatchetState, send_ad: bytes, recv_ad: bytes
+    ) -> None:
         self.state = state
         self.skipped = ratchet.SkippedKeys()
         self.send_ad, self.recv_ad = send_ad, recv_ad

@@ -10,17 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from avclient_helpers import Device, established_pair, property_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentvault_client.crypto import SessionRecord
-from agentvault_client.crypto import ratchet
+from agentvault_client.crypto import SessionRecord, ratchet
 from agentvault_client.errors import (
     DecryptFailedError,
     DuplicateMessageError,
     SdkError,
 )
-from avclient_helpers import Device, established_pair, property_settings
 
 # One step of a script: (kind, who, a, b) with small integers.
 step = st.tuples(

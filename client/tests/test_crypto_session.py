@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from avclient_helpers import Device, established_pair
 
 from agentvault_client.crypto import (
     IdentityKeyPair,
@@ -12,10 +13,10 @@ from agentvault_client.crypto import (
     PrekeyBundle,
     SessionRecord,
     SignedPrekey,
+    ratchet,
 )
 from agentvault_client.crypto import envelope as env
 from agentvault_client.crypto import primitives as prim
-from agentvault_client.crypto import ratchet
 from agentvault_client.crypto.keys import signed_prekey_message
 from agentvault_client.errors import (
     BadSignatureError,
@@ -30,7 +31,6 @@ from agentvault_client.errors import (
     TooManySkippedError,
     UnknownPrekeyError,
 )
-from avclient_helpers import Device, established_pair
 
 # A point of order 8 on Curve25519: X25519 with it gives all zeros.
 LOW_ORDER_POINT = bytes.fromhex(
@@ -79,7 +79,9 @@ def test_a_responder_cannot_send_before_it_has_a_session() -> None:
 
 
 def test_an_initiator_state_without_sending_chain_refuses_to_send() -> None:
-    state = ratchet.init_responder(bytes(32), *prim.x25519_generate(), base_key=bytes(32))
+    state = ratchet.init_responder(
+        bytes(32), *prim.x25519_generate(), base_key=bytes(32)
+    )
     with pytest.raises(CannotSendError):
         ratchet.prepare_send(state, b"x", b"")
 
@@ -187,7 +189,7 @@ def test_a_message_from_another_session_is_refused() -> None:
 
 
 def test_a_different_identity_for_a_known_device_is_refused() -> None:
-    alice, bob = established_pair()
+    alice, _bob = established_pair()
     impostor = Device.create("bob-device")
     with pytest.raises(IdentityChangedError) as info:
         alice.records["bob-device"].initiate(alice.local, impostor.bundle())
@@ -195,7 +197,7 @@ def test_a_different_identity_for_a_known_device_is_refused() -> None:
 
 
 def test_a_low_order_ratchet_key_is_refused_with_our_error() -> None:
-    alice, bob = established_pair()
+    _alice, bob = established_pair()
     record = bob.records["alice-device"]
     before = record.serialize()
     forged = _forge_ratchet(b"", LOW_ORDER_POINT, 0, 0)
@@ -213,7 +215,9 @@ def test_a_low_order_signed_prekey_in_a_bundle_is_refused_with_our_error() -> No
         LOW_ORDER_POINT,
         bob.local.identity.sign(signed_prekey_message(5, LOW_ORDER_POINT)),
     )
-    bundle = PrekeyBundle("b", bob.local.identity.public_key, 5, spk.public_key, spk.signature)
+    bundle = PrekeyBundle(
+        "b", bob.local.identity.public_key, 5, spk.public_key, spk.signature
+    )
     with pytest.raises(LowOrderKeyError):
         SessionRecord.from_bundle(alice.local, bundle)
 
@@ -226,7 +230,7 @@ def test_an_invalid_identity_key_in_a_bundle_is_refused_with_our_error() -> None
 
 
 def test_a_huge_counter_is_refused_quickly_and_changes_nothing() -> None:
-    alice, bob = established_pair()
+    _alice, bob = established_pair()
     record = bob.records["alice-device"]
     state = record.states[0]
     before = record.serialize()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from avclient_helpers import load_vectors
 
 from agentvault_client.crypto import primitives as prim
 from agentvault_client.crypto import ratchet, safety, x3dh
@@ -12,7 +13,6 @@ from agentvault_client.errors import (
     InvalidKeyError,
     LowOrderKeyError,
 )
-from avclient_helpers import load_vectors
 
 h = bytes.fromhex
 
@@ -26,7 +26,9 @@ def _wycheproof_tests(name: str) -> list[tuple[dict, dict]]:
 
 
 def test_x25519_matches_rfc7748_section_6_1() -> None:
-    alice_private = h("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+    alice_private = h(
+        "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"
+    )
     bob_private = h("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb")
     alice_public = h("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
     bob_public = h("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
@@ -75,15 +77,19 @@ def test_ed25519_matches_rfc8032_test_1_and_2() -> None:
             "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
             "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
             "",
-            "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155"
-            "5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b",
+            (
+                "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155"
+                "5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+            ),
         ),
         (
             "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
             "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
             "72",
-            "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da"
-            "085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00",
+            (
+                "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da"
+                "085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00"
+            ),
         ),
     ]
     for seed, public, message, signature in cases:
@@ -152,7 +158,10 @@ def test_xchacha20_poly1305_follows_every_wycheproof_verdict() -> None:
 def test_hkdf_matches_rfc5869_test_cases_1_and_3() -> None:
     ikm = b"\x0b" * 22
     okm1 = prim.hkdf_sha256(
-        ikm, salt=h("000102030405060708090a0b0c"), info=h("f0f1f2f3f4f5f6f7f8f9"), length=42
+        ikm,
+        salt=h("000102030405060708090a0b0c"),
+        info=h("f0f1f2f3f4f5f6f7f8f9"),
+        length=42,
     )
     assert okm1 == h(
         "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf"
@@ -167,7 +176,11 @@ def test_hkdf_matches_rfc5869_test_cases_1_and_3() -> None:
 
 def test_hkdf_follows_every_wycheproof_verdict() -> None:
     for _group, test in _wycheproof_tests("hkdf_sha256_test.json"):
-        args = {"salt": h(test["salt"]), "info": h(test["info"]), "length": test["size"]}
+        args = {
+            "salt": h(test["salt"]),
+            "info": h(test["info"]),
+            "length": test["size"],
+        }
         if test["result"] == "valid":
             assert prim.hkdf_sha256(h(test["ikm"]), **args) == h(test["okm"])
         else:

@@ -6,10 +6,11 @@ import os
 import sqlite3
 from pathlib import Path
 
-import nacl.pwhash.argon2id as argon2id
 import pytest
+from avclient_helpers import property_settings
 from hypothesis import given
 from hypothesis import strategies as st
+from nacl.pwhash import argon2id
 
 from agentvault_client.crypto import envelope as env
 from agentvault_client.crypto.keys import b64encode
@@ -22,7 +23,6 @@ from agentvault_client.errors import (
     StateCorruptError,
 )
 from agentvault_client.store import Store, create_key_file, read_key_file
-from avclient_helpers import property_settings
 
 FAST = {"opslimit": argon2id.OPSLIMIT_MIN, "memlimit": argon2id.MEMLIMIT_MIN}
 
@@ -117,7 +117,9 @@ def test_the_one_time_prekey_goes_only_when_the_first_message_authenticates(
     assert bob.pinned_identity("alice") == alice.get_identity().public_key
 
 
-def test_a_retried_send_returns_the_same_envelope_bytes(pair: tuple[Store, Store]) -> None:
+def test_a_retried_send_returns_the_same_envelope_bytes(
+    pair: tuple[Store, Store],
+) -> None:
     alice, bob = pair
     first = alice.encrypt("bob", b"payload", message_ref="msg-1")
     again = alice.encrypt("bob", b"payload", message_ref="msg-1")
@@ -252,7 +254,8 @@ def test_a_swapped_sealed_row_fails_to_open(tmp_path: Path) -> None:
         "SELECT sealed_private FROM one_time_prekeys WHERE prekey_id = 2"
     ).fetchone()[0]
     conn.execute(
-        "UPDATE one_time_prekeys SET sealed_private = ? WHERE prekey_id = 1", (sealed_2,)
+        "UPDATE one_time_prekeys SET sealed_private = ? WHERE prekey_id = 1",
+        (sealed_2,),
     )
     with pytest.raises(StateCorruptError):
         store.one_time_prekey(1)
@@ -269,7 +272,9 @@ def test_the_store_opens_only_with_exactly_one_key_source(tmp_path: Path) -> Non
 @property_settings(max_examples=15)
 @given(
     steps=st.lists(
-        st.tuples(st.sampled_from(["a", "b", "reopen-a", "reopen-b"]), st.integers(1, 3)),
+        st.tuples(
+            st.sampled_from(["a", "b", "reopen-a", "reopen-b"]), st.integers(1, 3)
+        ),
         max_size=12,
     )
 )
@@ -290,7 +295,9 @@ def test_reopening_at_any_step_continues_the_conversation(
             bob = _open(tmp / "bob.db")
         else:
             sender, recipient, peer, me = (
-                (alice, bob, "bob", "alice") if kind == "a" else (bob, alice, "alice", "bob")
+                (alice, bob, "bob", "alice")
+                if kind == "a"
+                else (bob, alice, "alice", "bob")
             )
             for _ in range(count):
                 counter += 1

@@ -81,7 +81,7 @@ def verify_signed_prekey(
 class IdentityKeyPair:
     """Hold a device's Ed25519 identity key and its X25519 form."""
 
-    __slots__ = ("_seed", "public_key", "_x25519_private", "_x25519_public")
+    __slots__ = ("_seed", "_x25519_private", "_x25519_public", "public_key")
 
     def __init__(self, seed: bytes) -> None:
         """Load the identity key from its 32-byte Ed25519 seed."""
@@ -208,11 +208,14 @@ class PrekeyBundle:
         """
         try:
             device_id = data["device_id"]
+            identity_key = data["identity_key"]
             spk = data["signed_prekey"]
             opk = data.get("one_time_prekey")
             spk_id = spk["id"]
+            spk_public, spk_signature = spk["public_key"], spk["signature"]
             opk_id = None if opk is None else opk["id"]
-        except (KeyError, TypeError):
+            opk_public = None if opk is None else opk["public_key"]
+        except (KeyError, TypeError, AttributeError):
             raise ProtocolError("The prekey bundle is missing a field.") from None
         for prekey_id in (spk_id, opk_id):
             if prekey_id is None:
@@ -225,13 +228,13 @@ class PrekeyBundle:
             raise ProtocolError("The bundle's device id is not a string.")
         return cls(
             device_id=device_id,
-            identity_key=b64decode(data["identity_key"], length=32),
+            identity_key=b64decode(identity_key, length=32),
             signed_prekey_id=spk_id,
-            signed_prekey=b64decode(spk["public_key"], length=32),
-            signed_prekey_signature=b64decode(spk["signature"], length=64),
+            signed_prekey=b64decode(spk_public, length=32),
+            signed_prekey_signature=b64decode(spk_signature, length=64),
             one_time_prekey_id=opk_id,
             one_time_prekey=(
-                None if opk is None else b64decode(opk["public_key"], length=32)
+                None if opk_public is None else b64decode(opk_public, length=32)
             ),
         )
 

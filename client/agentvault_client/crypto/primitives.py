@@ -32,8 +32,8 @@ __all__ = [
     "aead_decrypt",
     "aead_encrypt",
     "ed25519_pk_to_x25519",
-    "ed25519_seed_to_x25519",
     "ed25519_public_from_seed",
+    "ed25519_seed_to_x25519",
     "ed25519_sign",
     "ed25519_verify",
     "hkdf_sha256",
@@ -140,9 +140,8 @@ def ed25519_pk_to_x25519(public: bytes) -> bytes:
 @functools.lru_cache(maxsize=1024)
 def _convert_public(public: bytes) -> bytes:
     try:
-        return _sodium.crypto_sign_ed25519_pk_to_curve25519(  # type: ignore[no-any-return]
-            public
-        )
+        converted: bytes = _sodium.crypto_sign_ed25519_pk_to_curve25519(public)
+        return converted
     except (RuntimeError, nacl.exceptions.CryptoError, ValueError):
         raise InvalidKeyError() from None
 
@@ -154,18 +153,17 @@ def ed25519_seed_to_x25519(seed: bytes) -> bytes:
     public, secret = _sodium.crypto_sign_seed_keypair(seed)
     del public
     try:
-        return _sodium.crypto_sign_ed25519_sk_to_curve25519(  # type: ignore[no-any-return]
-            secret
-        )
+        converted: bytes = _sodium.crypto_sign_ed25519_sk_to_curve25519(secret)
+        return converted
     except (RuntimeError, nacl.exceptions.CryptoError):
         raise InvalidKeyError() from None
 
 
 def hkdf_sha256(ikm: bytes, *, salt: bytes | None, info: bytes, length: int) -> bytes:
     """Derive ``length`` bytes with HKDF-SHA256 (RFC 5869)."""
-    return HKDF(
-        algorithm=hashes.SHA256(), length=length, salt=salt, info=info
-    ).derive(ikm)
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(
+        ikm
+    )
 
 
 def hmac_sha256(key: bytes, message: bytes) -> bytes:

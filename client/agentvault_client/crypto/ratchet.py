@@ -238,9 +238,7 @@ class RatchetState:
             offset += 72
         old = tuple(data[offset + 32 * i : offset + 32 * (i + 1)] for i in range(n_old))
         offset += 32 * n_old
-        if offset != len(data) or any(
-            v is not None and len(v) != 32 for v in optional
-        ):
+        if offset != len(data) or any(v is not None and len(v) != 32 for v in optional):
             raise StateCorruptError()
         return cls(
             dhs_priv,
@@ -364,9 +362,13 @@ class ReceivePlan:
 
 
 def _skip(
-    chain_key: bytes, dh: bytes, start: int, until: int, out: list[tuple[bytes, int, bytes]]
+    chain_key: bytes,
+    dh: bytes,
+    start: int,
+    until: int,
+    out: list[tuple[bytes, int, bytes]],
 ) -> bytes:
-    """Derive keys ``start..until-1`` into ``out``; return the chain key at ``until``."""
+    """Derive keys ``start..until-1`` into ``out``; return the chain key at N."""
     ck = chain_key
     for i in range(start, until):
         mk, ck = _hmac_pair(ck, CHAIN_MESSAGE_KEY, CHAIN_NEXT_KEY)

@@ -50,9 +50,7 @@ def safety_number_half(
     version: int = SAFETY_NUMBER_VERSION,
 ) -> str:
     """Return one side's 30 digits for an encoded ``key`` and ``stable_id``."""
-    digest = hashlib.sha512(
-        version.to_bytes(2, "big") + key + stable_id + key
-    ).digest()
+    digest = hashlib.sha512(version.to_bytes(2, "big") + key + stable_id + key).digest()
     for _ in range(iterations - 1):
         digest = hashlib.sha512(digest + key).digest()
     return "".join(_five_digit_groups(digest[:30], 5))

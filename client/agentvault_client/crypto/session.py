@@ -150,7 +150,7 @@ class DecryptPlan:
 class SessionRecord:
     """Hold all ratchet states and skipped keys shared with one peer device."""
 
-    __slots__ = ("peer_device_id", "peer_identity", "states", "skipped", "_ad")
+    __slots__ = ("_ad", "peer_device_id", "peer_identity", "skipped", "states")
 
     def __init__(
         self,
@@ -400,7 +400,9 @@ class SessionRecord:
         for _ in range(count):
             (size,) = struct.unpack_from(">H", data, offset)
             offset += 2
-            states.append(ratchet.RatchetState.deserialize(data[offset : offset + size]))
+            states.append(
+                ratchet.RatchetState.deserialize(data[offset : offset + size])
+            )
             offset += size
         keys = skipped if skipped is not None else ratchet.SkippedKeys()
         if has_skipped:
