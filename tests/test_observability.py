@@ -475,8 +475,8 @@ def test_metrics_add_up_across_worker_processes(tmp_path: Any) -> None:
     ).stdout
 
     assert "agentvault_envelopes_stored_total 6.0" in output
-    # Live gauges of finished processes would be dropped by mark_process_dead.
-    assert "agentvault_websocket_connections_open 2.0" in output
+    # A worker that exited took its open connections out of the live sum.
+    assert "agentvault_websocket_connections_open 2.0" not in output
 
 
 # --- Traces ------------------------------------------------------------------------------

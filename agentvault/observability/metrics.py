@@ -20,6 +20,7 @@ environment; ``prometheus_client`` then keeps values in files there and
 
 from __future__ import annotations
 
+import atexit
 import os
 import time
 
@@ -235,3 +236,8 @@ def mark_process_dead(pid: int | None = None) -> None:
     """Drop the live gauges of a finished worker (multi-process mode only)."""
     if multiprocess_dir() is not None:
         multiprocess.mark_process_dead(pid or os.getpid())
+
+
+if multiprocess_dir() is not None:
+    # A worker that exits cleanly takes its live gauges with it.
+    atexit.register(mark_process_dead)

@@ -20,6 +20,7 @@ from django.db import connections, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agentvault.context import request_client_ip
 from agentvault.observability import metrics
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ def readyz(request: HttpRequest) -> HttpResponse:
 
 
 def _peer_allowed(request: HttpRequest, networks: list[str]) -> bool:
-    address = request.META.get("REMOTE_ADDR") or ""
+    # The real client: behind a trusted proxy, not the proxy's own address.
+    address = request_client_ip(request) or ""
     try:
         peer = ipaddress.ip_address(address)
     except ValueError:
@@ -142,8 +144,8 @@ def _token_matches(request: HttpRequest, expected: str) -> bool:
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """Render the metrics in Prometheus text format, to allowed scrapers only.
 
-    Allowed: peers inside ``METRICS_NETWORKS`` (by the socket address, which
-    behind the overwriting proxy is the real client) and, when
+    Allowed: clients inside ``METRICS_NETWORKS`` (the client address of
+    ``agentvault.context``, never a proxy's own) and, when
     ``METRICS_TOKEN`` is set, only those that also present it as a bearer
     token. Others get 404, so the endpoint is not advertised.
     """
