@@ -4,4 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-websocket_urlpatterns: list[Any] = []
+from django.urls import path
+
+from messaging.consumers import RelayConsumer
+
+websocket_urlpatterns: list[Any] = [
+    path("ws/v1/relay", RelayConsumer.as_asgi()),
+]

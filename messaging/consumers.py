@@ -1,0 +1,383 @@
+"""The relay WebSocket consumer at ``/ws/v1/relay``.
+
+Frames are JSON text objects with a ``type``.
+
+Server to client: ``hello {device_id, last_acked_seq}``; the backlog as
+``envelope {seq, message_id, room_id, sender_device_id, sender_member_id,
+ciphertext, server_ts}`` in sequence order; ``queue_empty`` once the backlog
+is out; then live ``envelope`` frames; ``sent {client_message_id,
+message_id, server_ts}``; ``pong``; ``devices_changed {room_id}``;
+``error {code, message, fields, client_message_id}``.
+
+Client to server: ``ack {up_to_seq}``, ``send {room_id, client_message_id,
+envelopes}`` (the REST send rules; a refusal is an ``error`` frame naming the
+``client_message_id``, the socket stays open), ``ping``.
+
+Authentication: a device token in the ``Authorization: Bearer`` header, in
+a ``Sec-WebSocket-Protocol`` entry ``bearer.<token>`` (offer
+``agentvault.v1`` beside it; the server selects that one and never echoes
+the token), or in ``?token=``. The socket is accepted and then closed with
+the code below, so clients can tell the reasons apart.
+
+Delivery: PostgreSQL is the only source of what to push. A channel-layer
+wake-up (or a sweep every ``SWEEP_INTERVAL`` seconds, or an ack opening the
+window) makes the socket read deliveries after the last one it pushed. At
+most ``MAX_IN_FLIGHT`` envelopes are unacknowledged per socket; an envelope
+unacknowledged for ``ACK_TIMEOUT`` seconds closes the socket with 4408. A
+reconnect resends everything after the acknowledged mark, so delivery is
+at least once and clients drop sequence numbers they have already seen.
+
+Close codes (application range 4000-4999):
+
+====  ===================================================================
+Code  Meaning
+====  ===================================================================
+4400  Malformed frame: not JSON text, not an object, unknown ``type``,
+      bad ``ack``.
+4401  Not authenticated: no token, a refused token, a non-device token, a
+      deactivated member, or the token expired while connected.
+4403  Device revoked (or not approved); also sent to every socket of a
+      device the moment it is revoked, on every worker.
+4408  Too slow: an envelope stayed unacknowledged for ``ACK_TIMEOUT``.
+4409  Replaced by a newer connection of the same device.
+4413  Frame larger than ``MAX_REQUEST_BYTES``.
+4429  Too many frames (over ``FRAME_RATE`` per second, ``FRAME_BURST``).
+====  ===================================================================
+
+Transport failures (the channel layer unreachable at connect) close with
+1011; clients reconnect and lose nothing, since delivery reads PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import time
+import uuid
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from agentvault.errors import ApiError, BadRequestError
+from messaging import events, sockets
+from messaging.conf import messaging_settings
+from messaging.serializers import inbox_entry, parse_send, parse_seq, parse_uuid
+from messaging.sockets import SocketClosedError, SocketIdentity
+
+logger = logging.getLogger(__name__)
+
+SUBPROTOCOL = "agentvault.v1"
+TOKEN_SUBPROTOCOL_PREFIX = "bearer."
+
+
+def socket_token(scope: dict[str, Any]) -> tuple[str | None, str | None]:
+    """Return (token, subprotocol to select) from a WebSocket scope."""
+    subprotocols = list(scope.get("subprotocols") or [])
+    chosen = SUBPROTOCOL if SUBPROTOCOL in subprotocols else None
+
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip(), chosen
+    for entry in subprotocols:
+        if entry.startswith(TOKEN_SUBPROTOCOL_PREFIX):
+            return entry[len(TOKEN_SUBPROTOCOL_PREFIX) :], chosen
+    query = parse_qs(scope.get("query_string", b"").decode("latin1"))
+    tokens = query.get("token")
+    return (tokens[0] if tokens else None), chosen
+
+
+class _Bucket:
+    """A token bucket for one socket's inbound frames."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class RelayConsumer(AsyncWebsocketConsumer):
+    """One device's relay socket: push its queue, take its sends and acks."""
+
+    identity: SocketIdentity | None = None
+
+    async def connect(self) -> None:
+        """Authenticate, join the device's group, greet and start pushing."""
+        self.closing = False
+        self.tasks: list[asyncio.Task[None]] = []
+        self.pushed: collections.deque[tuple[int, float]] = collections.deque()
+        self.group: str | None = None
+        token, subprotocol = socket_token(self.scope)
+
+        # Authenticate off the event loop (token checks may fetch key sets).
+        if not token:
+            await self._refuse(subprotocol, sockets.CLOSE_UNAUTHENTICATED)
+            return
+        try:
+            identity = await database_sync_to_async(sockets.authenticate_socket)(token)
+        except SocketClosedError as exc:
+            await self._refuse(subprotocol, exc.close_code)
+            return
+
+        # Join the device's group before the first read, so no wake-up is
+        # missed between the backlog and live delivery.
+        self.identity = identity
+        group = events.device_group(identity.device_id)
+        try:
+            await self.channel_layer.group_add(group, self.channel_name)
+        except Exception:
+            logger.exception("Relay socket of %s could not join its group", identity.device_id)
+            await self._refuse(subprotocol, 1011)
+            return
+        self.group = group
+
+        await self.accept(subprotocol)
+        await events.apublish([events.replace(identity.device_id, identity.epoch)])
+        self.last_pushed = identity.acked_seq
+        self.wakeup = asyncio.Event()
+        self.wakeup.set()
+        self.frames = _Bucket(
+            float(messaging_settings.FRAME_RATE), int(messaging_settings.FRAME_BURST)
+        )
+        await self._frame(
+            "hello",
+            device_id=str(identity.device_id),
+            last_acked_seq=identity.acked_seq,
+        )
+        self.tasks = [
+            asyncio.create_task(self._pump()),
+            asyncio.create_task(self._watch()),
+        ]
+        logger.info("Relay socket open for device %s", identity.device_id)
+
+    async def _refuse(self, subprotocol: str | None, code: int) -> None:
+        self.closing = True
+        await self.accept(subprotocol)
+        await self.close(code=code)
+
+    async def disconnect(self, code: int) -> None:
+        """Stop the socket's tasks and leave its group (safe to call twice)."""
+        self.closing = True
+        for task in getattr(self, "tasks", []):
+            task.cancel()
+        if self.group is not None:
+            group, self.group = self.group, None
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception:
+                logger.exception("Leaving relay group %s failed", group)
+        if self.identity is not None:
+            logger.info(
+                "Relay socket closed for device %s (code %s)",
+                self.identity.device_id,
+                code,
+            )
+
+    async def _shut(self, code: int, reason: str = "") -> None:
+        if self.closing:
+            return
+        self.closing = True
+        logger.info(
+            "Closing relay socket of %s with %d (%s)",
+            self.identity.device_id if self.identity else "-",
+            code,
+            reason,
+        )
+        current = asyncio.current_task()
+        for task in self.tasks:
+            if task is not current:
+                task.cancel()
+        await self.close(code=code)
+
+    async def _frame(self, kind: str, **fields: Any) -> None:
+        if not self.closing:
+            await self.send(text_data=json.dumps({"type": kind, **fields}))
+
+    async def _error(self, error: ApiError, client_message_id: Any = None) -> None:
+        fields: dict[str, Any] = {
+            "code": error.error_code,
+            "message": error.message,
+            "fields": error.fields,
+        }
+        if isinstance(client_message_id, str):
+            fields["client_message_id"] = client_message_id
+        if error.retry_after is not None:
+            fields["retry_after"] = round(error.retry_after, 3)
+        await self._frame("error", **fields)
+
+    # Inbound frames ----------------------------------------------------------
+
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None
+    ) -> None:
+        """Check size, rate and shape of a frame, then handle it."""
+        if self.identity is None or self.closing:
+            return
+        if text_data is None:
+            await self._shut(sockets.CLOSE_MALFORMED, "binary frame")
+            return
+        if len(text_data.encode()) > int(messaging_settings.MAX_REQUEST_BYTES):
+            await self._shut(sockets.CLOSE_TOO_LARGE, "frame too large")
+            return
+        if not self.frames.take():
+            await self._shut(sockets.CLOSE_RATE_LIMITED, "frame rate")
+            return
+        try:
+            frame = json.loads(text_data)
+        except ValueError:
+            frame = None
+        kind = frame.get("type") if isinstance(frame, dict) else None
+        handler = self._handlers.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            await self._shut(sockets.CLOSE_MALFORMED, "malformed frame")
+            return
+
+        try:
+            await handler(self, frame)
+        except SocketClosedError as exc:
+            await self._shut(exc.close_code, exc.reason)
+
+    async def _on_ack(self, frame: dict[str, Any]) -> None:
+        try:
+            up_to = parse_seq(frame.get("up_to_seq"), "up_to_seq")
+        except BadRequestError:
+            await self._shut(sockets.CLOSE_MALFORMED, "bad ack")
+            return
+        assert self.identity is not None
+
+        await database_sync_to_async(sockets.ack_for_socket)(self.identity, up_to)
+        while self.pushed and self.pushed[0][0] <= up_to:
+            self.pushed.popleft()
+        self.wakeup.set()
+
+    async def _on_send(self, frame: dict[str, Any]) -> None:
+        client_id = frame.get("client_message_id")
+        assert self.identity is not None
+        try:
+            room_id = parse_uuid(frame.get("room_id"), "room_id")
+            send = parse_send(frame)
+            result, outgoing = await database_sync_to_async(sockets.send_for_socket)(
+                self.identity, room_id, send
+            )
+        except ApiError as error:
+            await self._error(error, client_id)
+            return
+
+        await events.apublish(outgoing)
+        await self._frame(
+            "sent",
+            client_message_id=send.client_message_id,
+            message_id=str(result.message_id),
+            server_ts=result.server_ts.isoformat(),
+        )
+
+    async def _on_ping(self, frame: dict[str, Any]) -> None:
+        assert self.identity is not None
+        await database_sync_to_async(sockets.check_socket)(self.identity)
+        await self._frame("pong")
+
+    _handlers = {"ack": _on_ack, "send": _on_send, "ping": _on_ping}
+
+    # Delivery ------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        """Push the backlog, then ``queue_empty``, then each new delivery."""
+        assert self.identity is not None
+        window = int(messaging_settings.MAX_IN_FLIGHT)
+        sweep = float(messaging_settings.SWEEP_INTERVAL)
+        backlog_done = False
+        try:
+            while not self.closing:
+                room = window - len(self.pushed)
+                if room > 0:
+                    self.wakeup.clear()
+                    batch = min(room, 100)
+                    entries, last_seq = await database_sync_to_async(
+                        sockets.fetch_for_socket
+                    )(self.identity, after=self.last_pushed, limit=batch)
+                    for entry in entries:
+                        if self.closing:
+                            return
+                        await self._frame("envelope", **inbox_entry(entry))
+                        self.pushed.append((entry.seq, time.monotonic()))
+                        self.last_pushed = entry.seq
+                    drained = len(entries) < batch or self.last_pushed >= last_seq
+                    if not backlog_done and drained:
+                        backlog_done = True
+                        await self._frame("queue_empty")
+                    if len(entries) == batch:
+                        continue
+                try:
+                    await asyncio.wait_for(self.wakeup.wait(), timeout=sweep)
+                except TimeoutError:
+                    pass
+        except SocketClosedError as exc:
+            await self._shut(exc.close_code, exc.reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("Relay delivery failed for %s", self.identity.device_id)
+            await self._shut(1011, "delivery failed")
+
+    async def _watch(self) -> None:
+        """Close on token expiry, slow acknowledgement, or a changed device."""
+        assert self.identity is not None
+        ack_timeout = float(messaging_settings.ACK_TIMEOUT)
+        status_every = float(messaging_settings.STATUS_INTERVAL)
+        next_status = time.monotonic() + status_every
+        try:
+            while not self.closing:
+                await asyncio.sleep(min(1.0, ack_timeout / 4, status_every))
+                now = time.monotonic()
+                if time.time() >= self.identity.expires_at:
+                    await self._shut(sockets.CLOSE_UNAUTHENTICATED, "token expired")
+                    return
+                if self.pushed and now - self.pushed[0][1] > ack_timeout:
+                    await self._shut(sockets.CLOSE_TOO_SLOW, "unacknowledged")
+                    return
+                if now >= next_status:
+                    next_status = now + status_every
+                    await database_sync_to_async(sockets.check_socket)(self.identity)
+        except SocketClosedError as exc:
+            await self._shut(exc.close_code, exc.reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("Relay watch failed for %s", self.identity.device_id)
+            await self._shut(1011, "watch failed")
+
+    # Channel-layer events ---------------------------------------------------------
+
+    async def relay_wake(self, event: events.WakeEvent) -> None:
+        """Wake the delivery loop: new deliveries were committed."""
+        if hasattr(self, "wakeup"):
+            self.wakeup.set()
+
+    async def relay_revoke(self, event: events.RevokeEvent) -> None:
+        """Close at once: the device was revoked."""
+        await self._shut(sockets.CLOSE_REVOKED, "device revoked")
+
+    async def relay_replace(self, event: events.ReplaceEvent) -> None:
+        """Close if a newer socket of the same device opened."""
+        if self.identity is not None and int(event["epoch"]) > self.identity.epoch:
+            await self._shut(sockets.CLOSE_REPLACED, "replaced")
+
+    async def relay_devices_changed(self, event: events.DevicesChangedEvent) -> None:
+        """Tell the client to refresh a room's device list."""
+        room_id = str(uuid.UUID(event["room_id"]))
+        await self._frame("devices_changed", room_id=room_id)

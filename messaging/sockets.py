@@ -1,0 +1,184 @@
+"""Units of database work of one relay socket, each in its own tenant scope.
+
+The relay consumer calls each function here through
+``database_sync_to_async``. All such calls of a worker process share one
+thread, so none of them may rely on anything a previous call left on the
+connection: each opens ``tenant_scope`` itself, does its work and returns
+plain values. Each also re-reads the device, so a revocation, a newer
+socket of the same device or a deactivated member is noticed on every frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+from django.db import connection
+
+from agentvault.auth.principal import resolve_principal, tenant_of
+from agentvault.auth.tokens import TokenError, verify_token
+from enrollment.models import Device
+from messaging import actions, events
+from messaging.errors import RoomNotFoundError
+from messaging.models import DeviceQueue, RoomMembership
+from messaging.serializers import SendRequest
+from tenants.scope import tenant_scope
+
+# Close codes of the relay (the table lives in messaging.consumers).
+CLOSE_MALFORMED = 4400
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_REVOKED = 4403
+CLOSE_TOO_SLOW = 4408
+CLOSE_REPLACED = 4409
+CLOSE_TOO_LARGE = 4413
+CLOSE_RATE_LIMITED = 4429
+
+
+class SocketClosedError(Exception):
+    """The socket must close with ``close_code`` (revoked, replaced, ...)."""
+
+    def __init__(self, close_code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.close_code = close_code
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class SocketIdentity:
+    """Who is on the other end of a relay socket, fixed at connect."""
+
+    tenant_id: uuid.UUID
+    device_id: uuid.UUID
+    member_id: uuid.UUID
+    expires_at: int
+    epoch: int
+    acked_seq: int
+
+
+_OPEN_QUEUE_SQL = """
+INSERT INTO messaging_devicequeue
+       (device_id, tenant_id, last_seq, acked_seq, depth, connection_epoch)
+VALUES (%s, %s, 0, 0, 0, 1)
+ON CONFLICT (device_id) DO UPDATE
+   SET connection_epoch = messaging_devicequeue.connection_epoch + 1
+RETURNING connection_epoch, acked_seq
+"""
+
+
+def authenticate_socket(token: str) -> SocketIdentity:
+    """Verify a device token and open the device's socket epoch.
+
+    Token verification (which may fetch an issuer's key set) runs here, off
+    the event loop. Only device tokens may open the relay.
+    """
+    try:
+        verified = verify_token(token)
+        if verified.kind != "device":
+            raise TokenError("device_required")
+        tenant_id = tenant_of(verified)
+        with tenant_scope(tenant_id):
+            principal = resolve_principal(verified, tenant_id)
+            device = principal.device
+            assert isinstance(device, Device)
+            if device.status != Device.Status.ACTIVE:
+                raise SocketClosedError(CLOSE_REVOKED, "device_not_active")
+            with connection.cursor() as cursor:
+                cursor.execute(_OPEN_QUEUE_SQL, [device.pk, tenant_id])
+                epoch, acked = cursor.fetchone()
+    except TokenError as exc:
+        close = CLOSE_REVOKED if exc.code == "device_revoked" else CLOSE_UNAUTHENTICATED
+        raise SocketClosedError(close, exc.code) from None
+
+    return SocketIdentity(
+        tenant_id=tenant_id,
+        device_id=device.pk,
+        member_id=device.member_id,
+        expires_at=verified.expires_at,
+        epoch=int(epoch),
+        acked_seq=int(acked),
+    )
+
+
+def _check(identity: SocketIdentity) -> int:
+    """Return the device's last sequence number if the socket may stay open.
+
+    Raise ``SocketClosedError`` otherwise. Runs inside the caller's tenant
+    scope.
+    """
+    row = (
+        DeviceQueue.objects.filter(device_id=identity.device_id)
+        .values_list(
+            "device__status",
+            "device__member__is_active",
+            "connection_epoch",
+            "last_seq",
+        )
+        .first()
+    )
+    if row is None:
+        raise SocketClosedError(CLOSE_REVOKED, "device_not_active")
+    status, member_active, epoch, last_seq = row
+    if status != Device.Status.ACTIVE:
+        raise SocketClosedError(CLOSE_REVOKED, "device_revoked")
+    if not member_active:
+        raise SocketClosedError(CLOSE_UNAUTHENTICATED, "member_inactive")
+    if epoch > identity.epoch:
+        raise SocketClosedError(CLOSE_REPLACED, "replaced")
+    return int(last_seq)
+
+
+def check_socket(identity: SocketIdentity) -> None:
+    """Re-check the device on a timer or a ``ping``."""
+    with tenant_scope(identity.tenant_id):
+        _check(identity)
+
+
+def fetch_for_socket(
+    identity: SocketIdentity, *, after: int, limit: int
+) -> tuple[list[actions.InboxEntry], int]:
+    """Return queued envelopes after ``after`` and the device's last seq.
+
+    The deliveries are read before the device is checked: whatever is
+    returned was committed before a revocation that the check would see.
+    """
+    with tenant_scope(identity.tenant_id):
+        entries = actions.get_inbox(identity.device_id, after=after, limit=limit)
+        last_seq = _check(identity)
+    return entries, last_seq
+
+
+def ack_for_socket(identity: SocketIdentity, up_to_seq: int) -> int:
+    """Delete acknowledged deliveries; return the acknowledged mark."""
+    with tenant_scope(identity.tenant_id):
+        _check(identity)
+        acked, _ = actions.do_ack(identity.device_id, up_to_seq)
+    return acked
+
+
+def send_for_socket(
+    identity: SocketIdentity, room_id: uuid.UUID, send: SendRequest
+) -> tuple[actions.SendResult, list[events.Outgoing]]:
+    """Store a send from the socket's device; return it and the wake-ups.
+
+    The wake-ups are collected, not published, so the consumer sends them
+    from its event loop once this call (and its transaction) has returned.
+    """
+    with events.collect_events() as outgoing:
+        with tenant_scope(identity.tenant_id):
+            _check(identity)
+            device = Device.objects.get(pk=identity.device_id)
+            actions.check_send_rate(device.pk)
+            is_member = RoomMembership.objects.filter(
+                room_id=room_id, member_id=identity.member_id
+            ).exists()
+            if not is_member:
+                raise RoomNotFoundError()
+            result = actions.do_send_message(
+                room_id,
+                tenant_id=identity.tenant_id,
+                sender=device,
+                client_message_id=send.client_message_id,
+                envelopes=send.envelopes,
+            )
+    return result, list(outgoing)
+
