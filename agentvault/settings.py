@@ -419,4 +419,13 @@ ENROLLMENT: dict[str, Any] = {
 
 # --- Messaging (rooms, delivery, relay) ---------------------------------------------
 
-MESSAGING: dict[str, Any] = {}
+# Defaults live in messaging/conf.py; these are the ones operators tune.
+MESSAGING: dict[str, Any] = {
+    "QUEUE_CAP": env.int("AV_QUEUE_CAP", default=10_000),
+    "SEND_RATE": env.float("AV_SEND_RATE", default=50.0),
+    "SEND_BURST": env.int("AV_SEND_BURST", default=200),
+    "RETENTION_DAYS": env.int("AV_RETENTION_DAYS", default=30),
+    "ACK_TIMEOUT": env.float("AV_RELAY_ACK_TIMEOUT", default=30.0),
+    "SWEEP_INTERVAL": env.float("AV_RELAY_SWEEP_INTERVAL", default=15.0),
+    "STATUS_INTERVAL": env.float("AV_RELAY_STATUS_INTERVAL", default=15.0),
+}
