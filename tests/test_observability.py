@@ -215,7 +215,7 @@ CANARY_DRIVERS: list[CanaryDriver] = [
 ]
 
 
-# --- The canary ---------------------------------------------------------------------
+# --- The canary ---------------------------------------------------------------
 
 
 @pytest.mark.django_db
@@ -225,8 +225,10 @@ def test_no_secret_reaches_the_logs(driver: CanaryDriver, canary: Canary) -> Non
 
     driver(canary.markers, client)
 
-    assert any('"event": "request_finished"' in line or '"event": "request_failed"'
-               in line for line in canary.capture.lines)
+    assert any(
+        '"event": "request_finished"' in line or '"event": "request_failed"' in line
+        for line in canary.capture.lines
+    )
     canary.assert_clean()
 
 
@@ -267,7 +269,9 @@ def test_every_request_line_carries_the_echoed_request_id(canary: Canary) -> Non
 
     request_id = response["X-Request-ID"]
     lines = [json.loads(line) for line in canary.capture.lines]
-    request_lines = [line for line in lines if line["logger"].startswith("django_structlog")]
+    request_lines = [
+        line for line in lines if line["logger"].startswith("django_structlog")
+    ]
     assert [line["event"] for line in request_lines] == [
         "request_started",
         "request_finished",
@@ -291,14 +295,15 @@ def test_a_client_supplied_request_id_is_not_trusted(canary: Canary) -> None:
     assert "forged-id-123" not in "\n".join(canary.capture.lines)
 
 
-# --- The formatter on its own ---------------------------------------------------------
+# --- The formatter on its own --------------------------------------------------
 
 
 def _render(event_dict: dict[str, Any]) -> dict[str, Any]:
-    processors = avlogging.formatter_processors()
-    for processor in processors:
-        event_dict = processor(None, "info", event_dict)  # type: ignore[arg-type]
-    return json.loads(event_dict)  # type: ignore[arg-type]
+    rendered: Any = event_dict
+    for processor in avlogging.formatter_processors():
+        rendered = processor(None, "info", rendered)
+    result: dict[str, Any] = json.loads(rendered)
+    return result
 
 
 def test_unknown_and_secret_fields_are_dropped() -> None:
@@ -374,7 +379,7 @@ def test_bind_log_context_refuses_unknown_fields() -> None:
     structlog.contextvars.clear_contextvars()
 
 
-# --- Probes and metrics ----------------------------------------------------------------
+# --- Probes and metrics ---------------------------------------------------------
 
 
 def test_healthz_answers_without_a_database() -> None:
@@ -391,7 +396,8 @@ def test_readyz_checks_the_database_as_the_app_role() -> None:
 
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "checks": {"database": "ok"}}
-    assert settings.DATABASES["default"]["USER"] == settings.DATABASE_ROLES["app"]["USER"]
+    app_role: Any = settings.DATABASE_ROLES["app"]
+    assert settings.DATABASES["default"]["USER"] == app_role["USER"]
 
 
 @pytest.mark.django_db
@@ -471,7 +477,11 @@ def test_metrics_add_up_across_worker_processes(tmp_path: Any) -> None:
     )
 
     output = subprocess.run(
-        [sys.executable, "-c", reader], env=env, check=True, capture_output=True, text=True
+        [sys.executable, "-c", reader],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
 
     assert "agentvault_envelopes_stored_total 6.0" in output
@@ -479,7 +489,7 @@ def test_metrics_add_up_across_worker_processes(tmp_path: Any) -> None:
     assert "agentvault_websocket_connections_open 2.0" not in output
 
 
-# --- Traces ------------------------------------------------------------------------------
+# --- Traces -------------------------------------------------------------------
 
 
 def test_span_attributes_lose_queries_and_headers() -> None:

@@ -231,9 +231,7 @@ def describe_exception(exc: BaseException, *, depth: int = 0) -> dict[str, Any]:
     if isinstance(sqlstate, str):
         described["sqlstate"] = sqlstate
 
-    cause = exc.__cause__ or (
-        None if exc.__suppress_context__ else exc.__context__
-    )
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     if cause is not None and depth < _MAX_CHAIN:
         described["cause"] = describe_exception(cause, depth=depth + 1)
     return described
@@ -280,7 +278,9 @@ class AllowList:
     def __init__(self, fields: Iterable[str] = ALLOWED_FIELDS) -> None:
         self.fields = frozenset(fields)
         refused = sorted(
-            name for name in self.fields if name not in ALLOWED_FIELDS and is_denied(name)
+            name
+            for name in self.fields
+            if name not in ALLOWED_FIELDS and is_denied(name)
         )
         if refused:
             from django.core.exceptions import ImproperlyConfigured

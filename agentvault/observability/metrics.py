@@ -37,7 +37,7 @@ from prometheus_client.registry import REGISTRY
 PREFIX = "agentvault"
 
 # One series per metric, not a "_created" twin of each counter.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Delivery latency: from the commit of the envelope to the push on a socket.
 _LATENCY_BUCKETS = (
@@ -228,14 +228,18 @@ def registry() -> CollectorRegistry:
     if directory is None:
         return REGISTRY
     collected = CollectorRegistry()
-    multiprocess.MultiProcessCollector(collected, path=directory)
+    multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+        collected, path=directory
+    )
     return collected
 
 
 def mark_process_dead(pid: int | None = None) -> None:
     """Drop the live gauges of a finished worker (multi-process mode only)."""
     if multiprocess_dir() is not None:
-        multiprocess.mark_process_dead(pid or os.getpid())
+        multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
+            pid or os.getpid()
+        )
 
 
 if multiprocess_dir() is not None:

@@ -74,7 +74,9 @@ def _request_fields(request: HttpRequest, log_kwargs: dict[str, Any]) -> None:
     log_kwargs["path"] = request.path
 
 
-def _finish_fields(request: HttpRequest, status: int, log_kwargs: dict[str, Any]) -> None:
+def _finish_fields(
+    request: HttpRequest, status: int, log_kwargs: dict[str, Any]
+) -> None:
     started = getattr(request, "_av_started", None)
     route = _route(request)
     method = str(request.method)

@@ -277,7 +277,7 @@ def trace_websocket(app: Callable[..., Any]) -> Callable[..., Any]:
         return app
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-    return OpenTelemetryMiddleware(  # type: ignore[no-any-return]
+    return OpenTelemetryMiddleware(
         app,
         tracer_provider=provider,
         server_request_hook=asgi_request_hook,
