@@ -32,13 +32,10 @@ def _truncate_as_owner(self: TransactionTestCase) -> None:
                 if name not in _KEEP
             ]
             quoted = ", ".join(connection.ops.quote_name(name) for name in tables)
-            cursor.execute(
-                "ALTER TABLE audit_auditevent DISABLE TRIGGER audit_auditevent_no_truncate"
-            )
+            trigger = "audit_auditevent_no_truncate"
+            cursor.execute(f"ALTER TABLE audit_auditevent DISABLE TRIGGER {trigger}")
             cursor.execute(f"TRUNCATE {quoted} CASCADE")
-            cursor.execute(
-                "ALTER TABLE audit_auditevent ENABLE TRIGGER audit_auditevent_no_truncate"
-            )
+            cursor.execute(f"ALTER TABLE audit_auditevent ENABLE TRIGGER {trigger}")
 
 
 TransactionTestCase._fixture_teardown = _truncate_as_owner  # type: ignore[method-assign]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.core.management.base import CommandError
 
@@ -11,6 +12,7 @@ from tenants.models import Tenant
 
 def resolve_tenant(value: str) -> Tenant:
     """Return the tenant named by id or slug, or raise a clear ``CommandError``."""
+    lookup: dict[str, Any]
     try:
         lookup = {"pk": uuid.UUID(value)}
     except ValueError:

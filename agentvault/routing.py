@@ -16,8 +16,6 @@ def build_application() -> Any:
     return ProtocolTypeRouter(
         {
             "http": get_asgi_application(),
-            "websocket": AllowedHostsOriginValidator(
-                URLRouter(websocket_urlpatterns)
-            ),
+            "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
         }
     )

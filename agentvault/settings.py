@@ -33,7 +33,8 @@ def env_secret(name: str) -> str | None:
             return Path(path).read_text().strip()
         except OSError as exc:
             raise ImproperlyConfigured(
-                f"{name}_FILE points to {path!r}, which cannot be read ({exc.strerror})."
+                f"{name}_FILE points to {path!r}, which cannot be read "
+                f"({exc.strerror})."
             ) from None
     return os.environ.get(name) or None
 
@@ -78,7 +79,9 @@ SECRET_KEY = _required_secret(
     embedded=EMBEDDED,
     factory=lambda: secrets.token_urlsafe(50),
 )
-ALLOWED_HOSTS = env.list("AV_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+ALLOWED_HOSTS = env.list(
+    "AV_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"]
+)
 CSRF_TRUSTED_ORIGINS = env.list("AV_CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
@@ -158,7 +161,9 @@ STATIC_ROOT = DATA_DIR / "static"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_SECURE = env.bool("AV_SECURE_COOKIES", default=not DEBUG and not EMBEDDED)
+SESSION_COOKIE_SECURE = env.bool(
+    "AV_SECURE_COOKIES", default=not DEBUG and not EMBEDDED
+)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
 # --- Database ---------------------------------------------------------------
@@ -228,25 +233,25 @@ if WEB_CONCURRENCY > 1 and not REDIS_URL:
     )
 
 if REDIS_URL:
+    _layer_config: dict[str, Any] = {
+        "hosts": [REDIS_URL],
+        "capacity": env.int("AV_CHANNEL_CAPACITY", default=200),
+        "expiry": 60,
+        # Longer than the longest socket (daphne --websocket_timeout).
+        "group_expiry": env.int("AV_GROUP_EXPIRY", default=86400),
+        "prefix": "av",
+    }
+    # A list, so rotation is a configuration change: the first key
+    # encrypts, every key decrypts.
+    _layer_keys = env.list("AV_CHANNEL_ENCRYPTION_KEYS", default=[])
+    if _layer_keys:
+        _layer_config["symmetric_encryption_keys"] = _layer_keys
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                "hosts": [REDIS_URL],
-                "capacity": env.int("AV_CHANNEL_CAPACITY", default=200),
-                "expiry": 60,
-                # Longer than the longest socket (daphne --websocket_timeout).
-                "group_expiry": env.int("AV_GROUP_EXPIRY", default=86400),
-                "prefix": "av",
-                "symmetric_encryption_keys": env.list(
-                    "AV_CHANNEL_ENCRYPTION_KEYS", default=[]
-                )
-                or None,
-            },
+            "CONFIG": _layer_config,
         }
     }
-    if not CHANNEL_LAYERS["default"]["CONFIG"]["symmetric_encryption_keys"]:
-        del CHANNEL_LAYERS["default"]["CONFIG"]["symmetric_encryption_keys"]
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -328,7 +333,7 @@ def _signing_keys() -> list[str]:
         if not valid:
             raise ImproperlyConfigured(
                 "AV_SIGNING_KEY and each AV_SIGNING_KEY_FALLBACKS entry must be the "
-                "base64 of a 32-byte Ed25519 seed (python -c \"import base64, os; "
+                'base64 of a 32-byte Ed25519 seed (python -c "import base64, os; '
                 'print(base64.b64encode(os.urandom(32)).decode())").'
             )
     return keys

@@ -33,9 +33,7 @@ class ChainReport:
 
 def iter_events(tenant_id: uuid.UUID) -> Iterator[AuditEvent]:
     """Yield a tenant's events in chain order, in batches."""
-    return (
-        AuditEvent.objects.filter(tenant_id=tenant_id).order_by("id").iterator(2000)
-    )
+    return AuditEvent.objects.filter(tenant_id=tenant_id).order_by("id").iterator(2000)
 
 
 def get_chain_report(tenant_id: uuid.UUID) -> ChainReport:

@@ -52,7 +52,7 @@ class TenantScopedAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     # Set to True on admins whose changes only owner admins may make.
     owner_only = False
-    list_select_related: Any = True
+    list_select_related = True
 
     def _allowed(self, request: HttpRequest, *, write: bool = False) -> bool:
         member = console_member(request)
@@ -99,8 +99,12 @@ class TenantScopedAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         excluded = list(super().get_exclude(request, obj) or [])
         return [*excluded, "tenant"] if _has_tenant_field(self.model) else excluded
 
-    def _scope_choices(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+    def _scope_choices(
+        self, request: HttpRequest, queryset: QuerySet[Any] | None
+    ) -> QuerySet[Any] | None:
         tenant_id = getattr(request, "tenant_id", None)
+        if queryset is None:
+            return None
         if tenant_id is None:
             return queryset.none()
         if queryset.model is Tenant:
@@ -129,7 +133,9 @@ class TenantScopedAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             field.queryset = self._scope_choices(request, field.queryset)
         return field
 
-    def save_model(self, request: HttpRequest, obj: Any, form: ModelForm, change: bool) -> None:  # type: ignore[type-arg]
+    def save_model(
+        self, request: HttpRequest, obj: Any, form: ModelForm[Any], change: bool
+    ) -> None:
         """Stamp new objects with the request's tenant, then save."""
         if not change and _has_tenant_field(self.model):
             obj.tenant_id = request.tenant_id  # type: ignore[attr-defined]
@@ -149,7 +155,9 @@ class TenantAdmin(TenantScopedAdmin):
         """Tenants are created by operators with ``manage.py create_tenant``."""
         return False
 
-    def save_model(self, request: HttpRequest, obj: Any, form: ModelForm, change: bool) -> None:  # type: ignore[type-arg]
+    def save_model(
+        self, request: HttpRequest, obj: Any, form: ModelForm[Any], change: bool
+    ) -> None:
         """Save through the audited action."""
         do_update_tenant_settings(
             obj, fields=list(form.changed_data), acting=console_member(request)
@@ -164,7 +172,6 @@ class MemberAdmin(TenantScopedAdmin):
     list_filter = ["kind", "role", "is_active"]
     search_fields = ["name"]
     fields = ["name", "kind", "role", "is_active", "user"]
-    autocomplete_fields: list[str] = []
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         """Only owner admins may change roles or console links."""
@@ -173,7 +180,9 @@ class MemberAdmin(TenantScopedAdmin):
             return ["kind"] if obj else []
         return ["kind", "role", "user"] if obj else ["user"]
 
-    def save_model(self, request: HttpRequest, obj: Any, form: ModelForm, change: bool) -> None:  # type: ignore[type-arg]
+    def save_model(
+        self, request: HttpRequest, obj: Any, form: ModelForm[Any], change: bool
+    ) -> None:
         """Save through the audited actions."""
         acting = console_member(request)
         if not change:
@@ -181,4 +190,6 @@ class MemberAdmin(TenantScopedAdmin):
             do_add_member(obj, acting=acting)
             return
         changed = {name: True for name in form.changed_data}
-        do_update_member(obj, changed=changed, previous=form.initial, acting=acting)
+        do_update_member(
+            obj, changed=changed, previous=dict(form.initial), acting=acting
+        )

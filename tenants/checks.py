@@ -24,7 +24,7 @@ from django.db import connections
 from django.db.models import Model
 
 from tenants.models import Tenant
-from tenants.operations import POLICY_NAME
+from tenants.operations import POLICY_NAME, app_role
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def find_problems(using: str = "default") -> list[Finding]:
             )
             continue
         roles, qual, with_check = policy
-        expected_role = settings.DATABASE_ROLES["app"]["USER"]
+        expected_role = app_role()
         if expected_role not in roles or "app.current_tenant_id" not in (qual or ""):
             problems.append(
                 Finding(
@@ -127,7 +127,9 @@ def find_problems(using: str = "default") -> list[Finding]:
             )
         if "app.current_tenant_id" not in (with_check or ""):
             problems.append(
-                Finding("tenants.E008", f"The tenant policy on {table} has no WITH CHECK.")
+                Finding(
+                    "tenants.E008", f"The tenant policy on {table} has no WITH CHECK."
+                )
             )
     return problems
 
@@ -139,9 +141,7 @@ def check_row_level_security(
     """Report isolation problems as Django system-check errors."""
     if not databases or "default" not in databases:
         return []
-    return [
-        checks.Error(finding.message, id=finding.id) for finding in find_problems()
-    ]
+    return [checks.Error(finding.message, id=finding.id) for finding in find_problems()]
 
 
 def run_startup_checks() -> None:

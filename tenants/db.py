@@ -52,23 +52,28 @@ def role_connection(role: str, *, using: str = "default") -> Iterator[None]:
     closed on the way in and out, so no pooled connection crosses roles.
     """
     from django.db import connections
+    from django.db.backends.postgresql.base import DatabaseWrapper
 
     target = role_settings(role)
     connection = connections[using]
+    assert isinstance(connection, DatabaseWrapper)
     saved = {key: connection.settings_dict.get(key) for key in _CREDENTIAL_KEYS}
 
     connection.close()
-    connection.close_pool()
+    # django-stubs 5.2 lacks the pool API added in Django 5.1.
+    connection.close_pool()  # type: ignore[attr-defined]
     for key in _CREDENTIAL_KEYS:
         connection.settings_dict[key] = target.get(key, "")
     try:
         yield
     finally:
         connection.close()
-        connection.close_pool()
+        connection.close_pool()  # type: ignore[attr-defined]
         connection.settings_dict.update(saved)
 
 
-def owner_connection(*, using: str = "default") -> contextlib.AbstractContextManager[None]:
+def owner_connection(
+    *, using: str = "default"
+) -> contextlib.AbstractContextManager[None]:
     """Run the block with alias ``using`` connected as the owner role."""
     return role_connection("owner", using=using)

@@ -7,6 +7,8 @@ from typing import Any
 from django.conf import settings
 from django.db import migrations
 
+from tenants.db import role_settings
+
 POLICY_NAME = "tenant_isolation"
 TENANT_EXPRESSION = (
     "(SELECT NULLIF(current_setting('app.current_tenant_id', true), '')::uuid)"
@@ -15,13 +17,14 @@ TENANT_EXPRESSION = (
 
 def app_role() -> str:
     """Return the name of the role that serves requests."""
-    return str(settings.DATABASE_ROLES["app"]["USER"])
+    return str(role_settings("app")["USER"])
 
 
 def operator_role() -> str | None:
     """Return the name of the operator role, if one is configured."""
-    config = settings.DATABASE_ROLES.get("operator")
-    return str(config["USER"]) if config else None
+    if not settings.DATABASE_ROLES.get("operator"):
+        return None
+    return str(role_settings("operator")["USER"])
 
 
 class EnableTenantRLS(migrations.operations.base.Operation):

@@ -95,7 +95,7 @@ def resolve_principal(token: VerifiedToken, tenant_id: uuid.UUID) -> Principal:
     if token.kind == "device":
         device = (
             Device.objects.select_related("member")
-            .filter(pk=token.subject, member_id=token.claims.get("mid"))
+            .filter(pk=token.subject, member_id=token.claims["mid"])
             .first()
         )
         if device is None or device.status == Device.Status.REVOKED:

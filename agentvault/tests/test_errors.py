@@ -25,11 +25,15 @@ def test_a_validation_error_names_the_field(api: APIClient) -> None:
     body = envelope(response)
     assert response.status_code == 400
     assert body["code"] == "invalid_request"
-    assert body["fields"] == {"count": ["Ensure this value is greater than or equal to 1."]}
+    assert body["fields"] == {
+        "count": ["Ensure this value is greater than or equal to 1."]
+    }
 
 
 def test_malformed_json_is_a_stable_code(api: APIClient) -> None:
-    response = api.post("/api/v1/test/echo", "{not json", content_type="application/json")
+    response = api.post(
+        "/api/v1/test/echo", "{not json", content_type="application/json"
+    )
     assert response.status_code == 400
     assert envelope(response)["code"] == "malformed_request"
 
@@ -128,6 +132,8 @@ def test_responses_carry_a_request_id(api: APIClient) -> None:
 
 
 def test_the_openapi_schema_is_served(api: APIClient) -> None:
-    response = api.get("/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    response = api.get(
+        "/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json"
+    )
     assert response.status_code == 200
     assert b"openapi" in response.content

@@ -31,7 +31,11 @@ def start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 EXTERNAL = {"DATABASE_URL": "postgres://app@127.0.0.1:1/agentvault"}
-KEYED = {**EXTERNAL, "AV_SECRET_KEY": "k" * 50, "AV_SIGNING_KEY": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}
+KEYED = {
+    **EXTERNAL,
+    "AV_SECRET_KEY": "k" * 50,
+    "AV_SIGNING_KEY": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+}
 
 
 @pytest.mark.parametrize(
@@ -77,8 +81,11 @@ def test_a_bad_setting_names_the_fix(env: dict[str, str], message: str) -> None:
 
 
 def test_a_malformed_signing_key_names_the_fix() -> None:
-    from agentvault.auth.tokens import BuiltinIssuer
     from django.core.exceptions import ImproperlyConfigured
 
+    from agentvault.auth.tokens import BuiltinIssuer
+
     with pytest.raises(ImproperlyConfigured, match="base64 of a 32-byte Ed25519 seed"):
-        BuiltinIssuer(issuer="x", audience="y", keys=["bm90IGEga2V5"], lifetime=1, leeway=0)
+        BuiltinIssuer(
+            issuer="x", audience="y", keys=["bm90IGEga2V5"], lifetime=1, leeway=0
+        )

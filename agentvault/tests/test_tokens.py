@@ -13,7 +13,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rest_framework.test import APIClient
 
 from agentvault.auth.tokens import (
     BuiltinIssuer,
@@ -34,7 +33,11 @@ OTHER_SEED = base64.b64encode(b"\x02" * 32).decode()
 
 def builtin(keys: list[str] | None = None) -> BuiltinIssuer:
     return BuiltinIssuer(
-        issuer=ISSUER, audience="agentvault", keys=keys or [SEED], lifetime=900, leeway=5
+        issuer=ISSUER,
+        audience="agentvault",
+        keys=keys or [SEED],
+        lifetime=900,
+        leeway=5,
     )
 
 
@@ -95,7 +98,9 @@ def test_hs256_signed_with_the_public_key_is_refused() -> None:
     public = (
         Ed25519PrivateKey.from_private_bytes(b"\x01" * 32)
         .public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
     kid = key_id(Ed25519PrivateKey.from_private_bytes(b"\x01" * 32).public_key())
     # PyJWT refuses to HMAC with a PEM key, so forge the HS256 MAC by hand.
@@ -157,7 +162,9 @@ def test_a_tampered_payload_is_refused() -> None:
 
 def test_a_rotated_key_still_verifies_until_removed() -> None:
     old = builtin([SEED])
-    token, _ = old.issue(device_id=uuid.uuid4(), member_id=uuid.uuid4(), tenant_id=uuid.uuid4())
+    token, _ = old.issue(
+        device_id=uuid.uuid4(), member_id=uuid.uuid4(), tenant_id=uuid.uuid4()
+    )
 
     assert builtin([OTHER_SEED, SEED]).verify(token).subject
     refuse(builtin([OTHER_SEED]), token)
@@ -170,7 +177,7 @@ def test_the_registry_refuses_an_unknown_issuer_and_garbage() -> None:
     refuse(registry, signed(claims(iss=None)))
 
 
-# --- External OIDC issuer --------------------------------------------------------------
+# --- External OIDC issuer -------------------------------------------------
 
 OIDC_ISSUER = "https://clerk.example.test"
 
@@ -208,7 +215,9 @@ class Clock:
         return self.now
 
 
-def oidc(server: FakeJwksServer, clock: Clock, azp: list[str] | None = None) -> OidcVerifier:
+def oidc(
+    server: FakeJwksServer, clock: Clock, azp: list[str] | None = None
+) -> OidcVerifier:
     cache = JwksCache(
         "https://clerk.example.test/.well-known/jwks.json",
         lifespan=300,
@@ -271,7 +280,12 @@ def test_an_oidc_token_with_another_algorithm_is_refused() -> None:
     server, clock = FakeJwksServer(), Clock()
     server.add_key("k1")
     token = jwt.encode(
-        {"iss": OIDC_ISSUER, "sub": "u", "iat": int(time.time()), "exp": int(time.time()) + 60},
+        {
+            "iss": OIDC_ISSUER,
+            "sub": "u",
+            "iat": int(time.time()),
+            "exp": int(time.time()) + 60,
+        },
         "a-shared-secret-that-is-long-enough-for-hs256",
         algorithm="HS256",
         headers={"kid": "k1"},
@@ -316,7 +330,7 @@ def test_a_failing_jwks_endpoint_keeps_the_last_good_keys_for_a_bounded_time() -
     assert verifier.verify(rs256(key, "k1")).subject == "user_123"
 
 
-# --- Through the API, against the database ----------------------------------------------
+# --- Through the middleware, against the database --------------------------
 
 
 def _through_middleware(token: str) -> dict[str, Any]:
@@ -387,10 +401,15 @@ def test_an_oidc_subject_maps_to_its_member_through_the_database(
     from agentvault.auth.tokens import VerifiedToken
 
     user = User.objects.create_user(
-        username="oidc-user", tenant=tenant_a.tenant, oidc_issuer=OIDC_ISSUER, oidc_subject="user_123"
+        username="oidc-user",
+        tenant=tenant_a.tenant,
+        oidc_issuer=OIDC_ISSUER,
+        oidc_subject="user_123",
     )
     with tenant_scope(tenant_a.tenant.pk):
-        member = Member.objects.create(tenant=tenant_a.tenant, name="web owner", user=user)
+        member = Member.objects.create(
+            tenant=tenant_a.tenant, name="web owner", user=user
+        )
 
     token = VerifiedToken(
         issuer=OIDC_ISSUER,

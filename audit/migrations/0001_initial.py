@@ -8,36 +8,44 @@ import tenants.operations
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('tenants', '0001_initial'),
+        ("tenants", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AuditEvent',
+            name="AuditEvent",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('occurred_at', models.DateTimeField()),
-                ('actor_kind', models.CharField(max_length=32)),
-                ('actor_id', models.CharField(blank=True, max_length=64)),
-                ('action', models.CharField(db_index=True, max_length=64)),
-                ('target_kind', models.CharField(blank=True, max_length=32)),
-                ('target_id', models.CharField(blank=True, max_length=64)),
-                ('client_ip', models.GenericIPAddressField(blank=True, null=True)),
-                ('correlation_id', models.CharField(blank=True, max_length=64)),
-                ('details', models.JSONField(blank=True, default=dict)),
-                ('prev_hash', models.CharField(max_length=64)),
-                ('hash', models.CharField(max_length=64, unique=True)),
-                ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.DO_NOTHING, related_name='+', to='tenants.tenant')),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("occurred_at", models.DateTimeField()),
+                ("actor_kind", models.CharField(max_length=32)),
+                ("actor_id", models.CharField(blank=True, max_length=64)),
+                ("action", models.CharField(db_index=True, max_length=64)),
+                ("target_kind", models.CharField(blank=True, max_length=32)),
+                ("target_id", models.CharField(blank=True, max_length=64)),
+                ("client_ip", models.GenericIPAddressField(blank=True, null=True)),
+                ("correlation_id", models.CharField(blank=True, max_length=64)),
+                ("details", models.JSONField(blank=True, default=dict)),
+                ("prev_hash", models.CharField(max_length=64)),
+                ("hash", models.CharField(max_length=64, unique=True)),
+                (
+                    "tenant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to="tenants.tenant",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
-                'indexes': [models.Index(fields=['tenant', 'id'], name='audit_tenant_id_idx')],
+                "ordering": ["id"],
+                "indexes": [
+                    models.Index(fields=["tenant", "id"], name="audit_tenant_id_idx")
+                ],
             },
         ),
-        tenants.operations.EnableTenantRLS('AuditEvent'),
-        audit.operations.MakeAppendOnly('AuditEvent'),
+        tenants.operations.EnableTenantRLS("AuditEvent"),
+        audit.operations.MakeAppendOnly("AuditEvent"),
     ]

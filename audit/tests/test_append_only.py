@@ -21,13 +21,17 @@ from tests.support import TenantWorld
 def _events(world: TenantWorld, count: int) -> list[AuditEvent]:
     with tenant_scope(world.tenant.pk):
         return [
-            audit.record("test.event", actor=world.admin, target=world.member, details={"n": n})
+            audit.record(
+                "test.event", actor=world.admin, target=world.member, details={"n": n}
+            )
             for n in range(count)
         ]
 
 
 @pytest.mark.django_db
-def test_events_form_a_chain_per_tenant(tenant_a: TenantWorld, tenant_b: TenantWorld) -> None:
+def test_events_form_a_chain_per_tenant(
+    tenant_a: TenantWorld, tenant_b: TenantWorld
+) -> None:
     first_a, second_a = _events(tenant_a, 2)
     (first_b,) = _events(tenant_b, 1)
 

@@ -12,7 +12,12 @@ from django.core.management import CommandError, call_command
 from django.db import connection, connections
 from django.test import override_settings
 
-from tenants.checks import DIRECTORY_MODELS, find_problems, run_startup_checks, tenant_models
+from tenants.checks import (
+    DIRECTORY_MODELS,
+    find_problems,
+    run_startup_checks,
+    tenant_models,
+)
 from tenants.db import owner_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -88,7 +93,9 @@ def test_a_table_without_forced_rls_is_reported() -> None:
     assert "tenants_member" in problems[0].message
 
 
-def test_check_rls_command_reports_ok_and_failure(capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_rls_command_reports_ok_and_failure(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     call_command("check_rls")
     assert "Row-level security: OK" in capsys.readouterr().out
 

@@ -19,7 +19,9 @@ def console(client: Client, tenant_a: TenantWorld, tenant_b: TenantWorld) -> Cli
     """Return a client signed in as tenant A's console admin."""
     for world in (tenant_a, tenant_b):
         with tenant_scope(world.tenant.pk):
-            audit.record(f"test.{world.tenant.slug}", actor=world.admin, target=world.member)
+            audit.record(
+                f"test.{world.tenant.slug}", actor=world.admin, target=world.member
+            )
     client.force_login(tenant_a.console_user)
     return client
 
@@ -79,7 +81,10 @@ def test_audit_list_and_filters_show_only_this_tenant(
     assert filtered.context["cl"].result_count == 0
     with tenant_scope(tenant_b.tenant.pk):
         other_event = AuditEvent.objects.get(action="test.bravo")
-    assert console.get(f"/admin/audit/auditevent/{other_event.pk}/change/").status_code == 302
+    assert (
+        console.get(f"/admin/audit/auditevent/{other_event.pk}/change/").status_code
+        == 302
+    )
 
 
 def test_audit_events_cannot_be_changed_from_the_console(
@@ -98,7 +103,12 @@ def test_autocomplete_offers_only_this_tenants_members(
 ) -> None:
     response = console.get(
         "/admin/autocomplete/",
-        {"app_label": "enrollment", "model_name": "device", "field_name": "member", "term": ""},
+        {
+            "app_label": "enrollment",
+            "model_name": "device",
+            "field_name": "member",
+            "term": "",
+        },
     )
     names = {item["text"] for item in response.json()["results"]}
     assert tenant_a.member.name in names
@@ -142,7 +152,12 @@ def test_a_role_change_by_an_owner_admin_is_audited(
     client.force_login(tenant_a.console_user)
     response = client.post(
         f"/admin/tenants/member/{tenant_a.member.pk}/change/",
-        {"name": tenant_a.member.name, "role": "tenant_admin", "is_active": "on", "user": ""},
+        {
+            "name": tenant_a.member.name,
+            "role": "tenant_admin",
+            "is_active": "on",
+            "user": "",
+        },
     )
     assert response.status_code == 302
 

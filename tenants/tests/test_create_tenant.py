@@ -37,9 +37,13 @@ def test_it_reads_the_password_from_a_file(tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text("a long and unusual passphrase\n")
     out = io.StringIO()
-    call_command("create_tenant", "Beta", admin="bob", password_file=str(secret), stdout=out)
+    call_command(
+        "create_tenant", "Beta", admin="bob", password_file=str(secret), stdout=out
+    )
     assert "shown once" not in out.getvalue()
-    assert User.objects.get(username="bob").check_password("a long and unusual passphrase")
+    assert User.objects.get(username="bob").check_password(
+        "a long and unusual passphrase"
+    )
 
 
 @pytest.mark.parametrize(
@@ -47,11 +51,17 @@ def test_it_reads_the_password_from_a_file(tmp_path: Path) -> None:
     [
         (["!!!"], {"admin": "x"}, "Give the tenant a name with letters or digits."),
         (["Acme"], {"admin": "taken"}, "A console user 'taken' exists already."),
-        (["Acme"], {"admin": "new", "slug": "acme"}, "A tenant with slug 'acme' exists"),
+        (
+            ["Acme"],
+            {"admin": "new", "slug": "acme"},
+            "A tenant with slug 'acme' exists",
+        ),
         (["Acme"], {"admin": "n2", "password_file": "/nope"}, "Cannot read /nope"),
     ],
 )
-def test_it_explains_bad_input(args: list[str], options: dict[str, str], message: str) -> None:
+def test_it_explains_bad_input(
+    args: list[str], options: dict[str, str], message: str
+) -> None:
     call_command("create_tenant", "Acme", admin="taken", stdout=io.StringIO())
     with pytest.raises(CommandError, match=message):
         call_command("create_tenant", *args, stdout=io.StringIO(), **options)

@@ -27,7 +27,9 @@ def test_the_configured_pool_resets_the_tenant_setting() -> None:
 
 
 def test_a_connection_returned_to_the_pool_carries_no_tenant() -> None:
-    pool = ConnectionPool(_conninfo(), min_size=1, max_size=1, reset=reset_tenant_setting, open=True)
+    pool = ConnectionPool(
+        _conninfo(), min_size=1, max_size=1, reset=reset_tenant_setting, open=True
+    )
     try:
         with pool.connection() as conn:
             first_pid = conn.info.backend_pid

@@ -34,13 +34,17 @@ def test_the_tests_connect_as_the_app_role(tenant_a: TenantWorld) -> None:
     assert bypass is False
 
 
-def test_no_tenant_set_shows_no_rows(tenant_a: TenantWorld, tenant_b: TenantWorld) -> None:
+def test_no_tenant_set_shows_no_rows(
+    tenant_a: TenantWorld, tenant_b: TenantWorld
+) -> None:
     assert Member.objects.count() == 0
     assert Device.objects.count() == 0
     assert _count("SELECT count(*) FROM tenants_member") == 0
 
 
-def test_a_scope_shows_only_its_tenant(tenant_a: TenantWorld, tenant_b: TenantWorld) -> None:
+def test_a_scope_shows_only_its_tenant(
+    tenant_a: TenantWorld, tenant_b: TenantWorld
+) -> None:
     with tenant_scope(tenant_a.tenant.pk):
         names = set(Member.objects.values_list("tenant_id", flat=True))
         raw = _count(
@@ -59,7 +63,9 @@ def test_tenant_a_cannot_update_or_delete_tenant_b(
         assert Member.objects.filter(pk=other).update(name="stolen") == 0
         assert Member.objects.filter(pk=other).delete()[0] == 0
         with connection.cursor() as cursor:
-            cursor.execute("UPDATE tenants_member SET name = 'x' WHERE id = %s", [other])
+            cursor.execute(
+                "UPDATE tenants_member SET name = 'x' WHERE id = %s", [other]
+            )
             assert cursor.rowcount == 0
             cursor.execute("DELETE FROM tenants_member WHERE id = %s", [other])
             assert cursor.rowcount == 0

@@ -44,9 +44,13 @@ class Command(BaseCommand):
         """Stream the events inside the tenant's scope."""
         tenant = resolve_tenant(options["tenant"])
         try:
-            out: Any = open(options["output"], "w") if options["output"] else self.stdout
+            out: Any = (
+                open(options["output"], "w") if options["output"] else self.stdout
+            )
         except OSError as exc:
-            raise CommandError(f"Cannot write {options['output']}: {exc.strerror}.") from None
+            raise CommandError(
+                f"Cannot write {options['output']}: {exc.strerror}."
+            ) from None
 
         count = 0
         try:

@@ -33,7 +33,9 @@ class Command(BaseCommand):
             with tenant_scope(tenant.pk):
                 report = get_chain_report(tenant.pk)
             if report.ok:
-                self.stdout.write(f"{tenant.slug}: {report.events} events, chain intact")
+                self.stdout.write(
+                    f"{tenant.slug}: {report.events} events, chain intact"
+                )
                 continue
             broken += 1
             assert report.first_break is not None
