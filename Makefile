@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test serve migrate check-rls stop-db clean
+.PHONY: setup demo test lint serve migrate check-rls stop-db clean
 
 $(STAMP): requirements.txt client/pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -21,6 +21,11 @@ demo: $(STAMP)  ## Run the main job end to end on the embedded defaults.
 
 test: $(STAMP)  ## Run the whole test suite.
 	$(BIN)/pytest
+
+lint: $(STAMP)  ## Formatting, lint and types of the server code.
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy agentvault tenants audit enrollment messaging
 
 migrate: $(STAMP)
 	$(BIN)/python manage.py migrate
