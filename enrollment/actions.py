@@ -303,6 +303,15 @@ def do_enroll_device(
 # --- Approval and revocation ---------------------------------------------------
 
 
+def _locked(device: Device) -> Device:
+    """Reload ``device`` with its row locked (and its member, unlocked)."""
+    return (
+        Device.objects.select_for_update(of=("self",))
+        .select_related("member")
+        .get(pk=device.pk)
+    )
+
+
 def do_approve_device(device: Device, *, acting: Any) -> Device:
     """Activate a pending device after an admin compared its fingerprint.
 
@@ -310,7 +319,7 @@ def do_approve_device(device: Device, *, acting: Any) -> Device:
     cannot come back.
     """
     with tenant_scope(device.tenant_id):
-        device = Device.objects.select_for_update().get(pk=device.pk)
+        device = _locked(device)
         if device.status == Device.Status.ACTIVE:
             return device
         if device.status == Device.Status.REVOKED:
@@ -339,7 +348,7 @@ def do_revoke_device(device: Device, *, acting: Any) -> Device:
     Revoking twice changes nothing.
     """
     with tenant_scope(device.tenant_id):
-        device = Device.objects.select_for_update().get(pk=device.pk)
+        device = _locked(device)
         if device.status == Device.Status.REVOKED:
             return device
 
@@ -539,7 +548,7 @@ def do_upload_prekeys(
     limit = int(option("PREKEYS_STORED"))
     with tenant_scope(device.tenant_id):
         # Uploads of one device are serialised on its row.
-        device = Device.objects.select_for_update().get(pk=device.pk)
+        device = _locked(device)
         if signed_prekey is not None:
             _store_signed_prekey(device, signed_prekey)
 
