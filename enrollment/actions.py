@@ -61,13 +61,24 @@ from enrollment.models import (
 )
 from enrollment.signals import device_approved, device_revoked
 from tenants.models import Member, Tenant
-from tenants.scope import tenant_scope
+from tenants.scope import current_tenant_id, tenant_scope
 
 logger = logging.getLogger(__name__)
 
 ANONYMOUS = ("anonymous", "")
 # Outstanding challenges kept per device; older ones are dropped.
 MAX_OPEN_CHALLENGES = 5
+
+
+def _in_other_tenant(tenant_id: uuid.UUID) -> bool:
+    """Return whether the caller already acts in another tenant's scope.
+
+    The unauthenticated endpoints may still carry a valid bearer token of
+    some tenant, whose scope the middleware opened; acting on another
+    tenant from there is refused like any other bad request.
+    """
+    current = current_tenant_id()
+    return current is not None and current != tenant_id
 
 
 def _acting_member(acting: Any) -> Member | None:
@@ -257,6 +268,8 @@ def do_enroll_device(
     if token is None or not Tenant.objects.filter(pk=token.tenant_id).exists():
         logger.info("Refused an enrollment: malformed invite or unknown tenant")
         raise InvalidInviteError()
+    if _in_other_tenant(token.tenant_id):
+        raise InvalidInviteError()
 
     with tenant_scope(token.tenant_id):
         try:
@@ -390,7 +403,7 @@ def do_issue_challenge(device_id: uuid.UUID) -> bytes:
     """
     challenge = secrets.token_bytes(crypto.CHALLENGE_BYTES)
     tenant_id = get_device_tenant(device_id)
-    if tenant_id is None:
+    if tenant_id is None or _in_other_tenant(tenant_id):
         return challenge
 
     now = timezone.now()
@@ -440,7 +453,7 @@ def do_issue_device_token(
     their own status and nothing else.
     """
     tenant_id = get_device_tenant(device_id)
-    if tenant_id is None:
+    if tenant_id is None or _in_other_tenant(tenant_id):
         raise ChallengeFailedError()
 
     audience = settings.AGENTVAULT_AUTH["AUDIENCE"]

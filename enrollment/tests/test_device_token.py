@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import uuid
 
@@ -188,3 +189,25 @@ def test_the_directory_function_answers_only_the_tenant_of_a_device(
     assert (definer, owner, volatility, public) == (True, "av_operator", "s", False)
     assert config == ["search_path=pg_catalog, public"]
     assert visible == 0
+
+
+def test_a_bearer_token_of_another_tenant_gets_no_device_token(
+    api: APIClient, tenant_a: TenantWorld, tenant_b: TenantWorld
+) -> None:
+    target = tenant_b.member_device
+    as_admin(api, tenant_a)
+    response = api.post(
+        "/api/v1/auth/challenge", {"device_id": str(target.device.pk)}, format="json"
+    )
+    value = base64.b64decode(response.json()["challenge"])
+    body = {
+        "device_id": str(target.device.pk),
+        "challenge": b64(value),
+        "signature": sign_challenge(target.signing_key, value, target.device.pk),
+    }
+
+    refused = api.post("/api/v1/auth/token", body, format="json")
+
+    _failed(refused)
+    with tenant_scope(tenant_b.tenant.pk):
+        assert DeviceChallenge.objects.filter(device=target.device).count() == 0

@@ -290,3 +290,23 @@ def test_clients_behind_the_trusted_proxy_count_separately(
         ]
     assert first == [400] * 5 + [429]
     assert second == [400] * 5 + [429]
+
+
+def test_a_bearer_token_of_another_tenant_does_not_help(
+    api: APIClient, tenant_a: TenantWorld, tenant_b: TenantWorld
+) -> None:
+    invite = create_invite(api, tenant_b)
+    key = SigningKey.generate()
+    body = {
+        "invite_token": invite["token"],
+        "identity_key": b64(bytes(key.verify_key)),
+        "device_name": "d",
+        "proof": proof(key, invite["token"]),
+    }
+    before = _state(tenant_b)
+    as_admin(api, tenant_a)
+
+    response = api.post("/api/v1/enrollments", body, format="json")
+
+    _refused(response, "invalid_invite")
+    assert _state(tenant_b) == before

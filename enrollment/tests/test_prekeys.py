@@ -176,3 +176,26 @@ def test_malformed_uploads_are_refused(
     _as(api, tenant_a.agent_device)
     response = _put(api, bad)
     assert (response.status_code, response.json()["code"]) == (400, "invalid_request")
+
+
+def test_a_new_signed_prekey_replaces_the_old_one(
+    api: APIClient, tenant_a: TenantWorld
+) -> None:
+    identity = tenant_a.agent_device
+    _as(api, identity)
+    _put(api, make_prekeys(identity.signing_key, signed_id=1, ids=[1]).body())
+
+    newer = make_prekeys(identity.signing_key, signed_id=2, ids=[])
+    replaced = _put(api, {"signed_prekey": newer.body()["signed_prekey"]})
+    same_id = make_prekeys(identity.signing_key, signed_id=2, ids=[])
+    conflict = _put(api, {"signed_prekey": same_id.body()["signed_prekey"]})
+
+    assert replaced.json() == {"one_time_prekeys": 1}
+    assert (conflict.status_code, conflict.json()["code"]) == (
+        409,
+        "prekey_id_conflict",
+    )
+    assert _stored(tenant_a, identity) == ([1], 2)
+    with tenant_scope(tenant_a.tenant.pk):
+        stored = SignedPrekey.objects.get(device=identity.device)
+    assert bytes(stored.public_key) == newer.signed_public
