@@ -293,7 +293,7 @@ def do_enroll_device(
             logger.info(
                 "Refused an enrollment in tenant %s: %s", token.tenant_id, refused
             )
-            error = refused.error
+            error: type[Exception] | None = refused.error
         else:
             error = None
             audit.record(
@@ -629,13 +629,10 @@ def access_bundle_devices(caller: Principal, member_id: uuid.UUID) -> list[Devic
         caller.tenant_id, caller.member_id, target.pk
     ):
         raise NoSharedRoomError()
-    return list(
-        Device.objects.active()
-        .filter(member=target, signed_prekey__isnull=False)
-        .exclude(pk=caller.device_id)
-        .select_related("signed_prekey")
-        .order_by("created_at", "id")
-    )
+    devices = Device.objects.active().filter(member=target, signed_prekey__isnull=False)
+    if caller.device_id is not None:
+        devices = devices.exclude(pk=caller.device_id)
+    return list(devices.select_related("signed_prekey").order_by("created_at", "id"))
 
 
 def _claim_one_time_prekey(device: Device) -> tuple[int, bytes] | None:

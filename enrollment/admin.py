@@ -14,6 +14,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -192,7 +193,7 @@ class DeviceAdmin(TenantScopedAdmin):
     ]
     list_filter = ["status"]
     search_fields = ["name", "member__name"]
-    fields = [
+    fields = (
         "name",
         "member",
         "status",
@@ -201,7 +202,7 @@ class DeviceAdmin(TenantScopedAdmin):
         "approved_at",
         "revoked_at",
         "last_seen_at",
-    ]
+    )
     readonly_fields = fields
     actions = ["approve_devices", "revoke_devices"]
 
@@ -236,7 +237,7 @@ class DeviceAdmin(TenantScopedAdmin):
             "devices": list(queryset.select_related("member")),
             "action": action,
             "verb": verb,
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(
             request, "admin/enrollment/device_confirm.html", context

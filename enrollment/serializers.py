@@ -19,7 +19,7 @@ from enrollment.models import Device, Invite
 from tenants.models import Member
 
 
-class Base64Field(serializers.Field):
+class Base64Field(serializers.Field[bytes, Any, str, Any]):
     """Bytes as standard, padded base64 text, optionally of a fixed length."""
 
     default_error_messages = {
@@ -51,7 +51,7 @@ class Base64Field(serializers.Field):
 # --- Invites -------------------------------------------------------------------
 
 
-class InviteCreateSerializer(serializers.Serializer):
+class InviteCreateSerializer(serializers.Serializer[Any]):
     """An invite for a new member (name, kind, role) or an existing member."""
 
     member_id = serializers.UUIDField(required=False)
@@ -80,7 +80,7 @@ class InviteCreateSerializer(serializers.Serializer):
         return attrs
 
 
-class InviteSerializer(serializers.ModelSerializer):
+class InviteSerializer(serializers.ModelSerializer[Invite]):
     """An invite as admins see it: never its secret."""
 
     member_id = serializers.UUIDField(allow_null=True)
@@ -107,7 +107,7 @@ class InviteSerializer(serializers.ModelSerializer):
 # --- Enrollment and device authentication -------------------------------------
 
 
-class EnrollmentSerializer(serializers.Serializer):
+class EnrollmentSerializer(serializers.Serializer[Any]):
     """``POST /enrollments``: the invite token, the device's key and proof."""
 
     invite_token = serializers.CharField(max_length=200, trim_whitespace=False)
@@ -116,13 +116,13 @@ class EnrollmentSerializer(serializers.Serializer):
     proof = Base64Field(length=SIGNATURE_BYTES)
 
 
-class ChallengeRequestSerializer(serializers.Serializer):
+class ChallengeRequestSerializer(serializers.Serializer[Any]):
     """``POST /auth/challenge``: the device asking."""
 
     device_id = serializers.UUIDField()
 
 
-class TokenRequestSerializer(serializers.Serializer):
+class TokenRequestSerializer(serializers.Serializer[Any]):
     """``POST /auth/token``: the challenge and the identity key's signature."""
 
     device_id = serializers.UUIDField()
@@ -133,7 +133,7 @@ class TokenRequestSerializer(serializers.Serializer):
 # --- Devices -------------------------------------------------------------------
 
 
-class DeviceSerializer(serializers.ModelSerializer):
+class DeviceSerializer(serializers.ModelSerializer[Device]):
     """A device as admins and the device itself see it."""
 
     member_id = serializers.UUIDField()
@@ -164,7 +164,7 @@ def _prekey_id() -> serializers.IntegerField:
     return serializers.IntegerField(min_value=1, max_value=MAX_PREKEY_ID)
 
 
-class SignedPrekeyInSerializer(serializers.Serializer):
+class SignedPrekeyInSerializer(serializers.Serializer[Any]):
     """A signed prekey upload."""
 
     id = _prekey_id()
@@ -172,14 +172,14 @@ class SignedPrekeyInSerializer(serializers.Serializer):
     signature = Base64Field(length=SIGNATURE_BYTES)
 
 
-class OneTimePrekeyInSerializer(serializers.Serializer):
+class OneTimePrekeyInSerializer(serializers.Serializer[Any]):
     """A one-time prekey upload."""
 
     id = _prekey_id()
     public_key = Base64Field(length=KEY_BYTES)
 
 
-class PrekeyUploadSerializer(serializers.Serializer):
+class PrekeyUploadSerializer(serializers.Serializer[Any]):
     """``PUT /devices/me/prekeys``."""
 
     signed_prekey = SignedPrekeyInSerializer(required=False)

@@ -57,6 +57,20 @@ class IsActiveDeviceToken(IsActiveDevice):
         )
 
 
+def _caller(request: Request) -> Principal:
+    """Return the authenticated principal (the view's permission ensured it)."""
+    principal = _principal(request)
+    assert principal is not None
+    return principal
+
+
+def _device(request: Request) -> Device:
+    """Return the calling device (the view's permission ensured there is one)."""
+    device = _caller(request).device
+    assert isinstance(device, Device)
+    return device
+
+
 def _valid(serializer: Any) -> dict[str, Any]:
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data  # type: ignore[no-any-return]
@@ -93,13 +107,13 @@ class InviteListView(APIView):
 
     def get(self, request: Request) -> Response:
         """List invites, newest first."""
-        invites = Invite.objects.filter(tenant_id=request.user.tenant_id)[:500]
+        invites = Invite.objects.filter(tenant_id=_caller(request).tenant_id)[:500]
         return Response(InviteSerializer(invites, many=True).data)
 
     def post(self, request: Request) -> Response:
         """Create an invite."""
         data = _valid(InviteCreateSerializer(data=request.data))
-        principal: Principal = request.user
+        principal = _caller(request)
 
         member = None
         if "member_id" in data:
@@ -132,11 +146,11 @@ class InviteRevokeView(APIView):
     def post(self, request: Request, invite_id: uuid.UUID) -> Response:
         """Revoke an open invite (idempotent)."""
         invite = Invite.objects.filter(
-            pk=invite_id, tenant_id=request.user.tenant_id
+            pk=invite_id, tenant_id=_caller(request).tenant_id
         ).first()
         if invite is None:
             raise NotFoundError()
-        invite = actions.do_revoke_invite(invite, acting=request.user)
+        invite = actions.do_revoke_invite(invite, acting=_caller(request))
         return Response(InviteSerializer(invite).data)
 
 
@@ -225,7 +239,7 @@ class DeviceListView(APIView):
     def get(self, request: Request) -> Response:
         """List devices, optionally filtered by ``?status=``."""
         devices = Device.objects.select_related("member").filter(
-            tenant_id=request.user.tenant_id
+            tenant_id=_caller(request).tenant_id
         )
         status = request.query_params.get("status")
         if status:
@@ -242,7 +256,7 @@ class DeviceMeView(APIView):
 
     def get(self, request: Request) -> Response:
         """Return the calling device's status and fingerprint."""
-        return Response(DeviceSerializer(request.user.device).data)
+        return Response(DeviceSerializer(_device(request)).data)
 
 
 class DeviceApproveView(APIView):
@@ -252,8 +266,8 @@ class DeviceApproveView(APIView):
 
     def post(self, request: Request, device_id: uuid.UUID) -> Response:
         """Approve a pending device (idempotent)."""
-        device = access_device(request.user, device_id)
-        device = actions.do_approve_device(device, acting=request.user)
+        device = access_device(_caller(request), device_id)
+        device = actions.do_approve_device(device, acting=_caller(request))
         return Response(DeviceSerializer(device).data)
 
 
@@ -264,7 +278,7 @@ class DeviceRevokeView(APIView):
 
     def post(self, request: Request, device_id: uuid.UUID) -> Response:
         """Revoke a device (idempotent)."""
-        principal: Principal = request.user
+        principal = _caller(request)
         device = access_device(principal, device_id)
         if not principal.is_admin and device.pk != principal.device_id:
             raise ForbiddenError()
@@ -288,7 +302,7 @@ class PrekeysView(APIView):
         data = _valid(serializer)
         signed = data.get("signed_prekey")
         count = actions.do_upload_prekeys(
-            request.user.device,
+            _device(request),
             signed_prekey=actions.SignedPrekeyUpload(
                 key_id=signed["id"],
                 public_key=signed["public_key"],
@@ -305,7 +319,7 @@ class PrekeysView(APIView):
 
     def get(self, request: Request) -> Response:
         """Return the count of one-time prekeys left and the signed prekey id."""
-        return Response(actions.get_prekey_status(request.user.device))
+        return Response(actions.get_prekey_status(_device(request)))
 
 
 class PrekeyBundlesView(APIView):
@@ -315,7 +329,7 @@ class PrekeyBundlesView(APIView):
 
     def post(self, request: Request, member_id: uuid.UUID) -> Response:
         """Return one bundle per active device of the member but the caller."""
-        principal: Principal = request.user
+        principal = _caller(request)
         devices = actions.access_bundle_devices(principal, member_id)
         for device in devices:
             limits.count_bundle_claim(
