@@ -8,6 +8,7 @@ import uuid
 from nacl.signing import SigningKey
 
 from agentvault.auth.tokens import get_registry
+from enrollment.crypto import fingerprint
 from enrollment.models import Device
 from tenants.models import Member, Tenant, User
 from tenants.scope import tenant_scope
@@ -53,7 +54,7 @@ def make_device(
         member=member,
         name=name,
         identity_key=raw,
-        fingerprint=raw.hex()[:40],
+        fingerprint=fingerprint(raw),
         status=status,
     )
     return DeviceIdentity(device=device, signing_key=key)
