@@ -241,9 +241,14 @@ class World:
         return device_id
 
     def close(self) -> None:
-        """Stop every CLI process."""
+        """Stop every CLI process; with AV_E2E_DEBUG, show what they printed."""
         for process in self.processes:
             process.stop()
+            if os.environ.get("AV_E2E_DEBUG"):
+                sys.stderr.write(
+                    f"--- {' '.join(process.args[1:6])} exited "
+                    f"{process.proc.returncode}:\n" + "".join(process.stderr[-40:])
+                )
 
     def tokens_in_profiles(self) -> list[str]:
         """Return every access token cached in the profiles."""

@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -90,7 +90,7 @@ ENROLL_DOMAIN = b"AgentVault-enroll-v1"
 PREKEY_REFILL_BELOW = 10
 PREKEY_BATCH = 100
 #: Longest wait between reconnection attempts, in seconds.
-MAX_BACKOFF = 10.0
+MAX_BACKOFF = 8.0
 #: How long a REST-only period lasts before the relay is tried again.
 REST_ONLY_PERIOD = 30.0
 LOCK_TIMEOUT = 60.0
@@ -191,7 +191,9 @@ class AsyncAgentVaultClient:
         """Create a client for an existing profile; see :meth:`open`."""
         self.profile = profile
         self.poll_interval = poll_interval
-        self._api = ApiClient(profile.server_url, tokens=self._token, transport=transport)
+        self._api = ApiClient(
+            profile.server_url, tokens=self._token, transport=transport
+        )
         self._lock = ProfileLock(profile.path / "lock")
         self._mutex = asyncio.Lock()
         self._token_mutex = asyncio.Lock()
@@ -308,7 +310,7 @@ class AsyncAgentVaultClient:
             self._log.close()
             self._log = None
 
-    async def __aenter__(self) -> AsyncAgentVaultClient:
+    async def __aenter__(self) -> Self:
         """Return the client itself."""
         return self
 
@@ -537,7 +539,9 @@ class AsyncAgentVaultClient:
             raise ProtocolError(f"Several rooms are named {ref!r}; use the room id.")
         raise NotFoundError(f"No room {ref!r} is visible to this device.")
 
-    async def room_devices(self, room_id: str, *, refresh: bool = False) -> list[RoomDevice]:
+    async def room_devices(
+        self, room_id: str, *, refresh: bool = False
+    ) -> list[RoomDevice]:
         """Return the active devices of the room's members (cached)."""
         if not refresh and room_id in self._room_devices:
             return self._room_devices[room_id]
@@ -793,7 +797,7 @@ class AsyncAgentVaultClient:
                 continue
             except TransportError:
                 await self._poll_safely()
-                await asyncio.sleep(backoff * (0.5 + random.random()))
+                await asyncio.sleep(backoff * (0.5 + random.random() / 2))
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
 
@@ -808,7 +812,7 @@ class AsyncAgentVaultClient:
                 if exc.close_code == 4409:
                     raise
                 logger.info("Relay closed with %s; reconnecting", exc.close_code)
-                await asyncio.sleep(backoff * (0.5 + random.random()))
+                await asyncio.sleep(backoff * (0.5 + random.random() / 2))
             except ProtocolError as exc:
                 logger.warning("Relay protocol error: %s", exc.code)
                 await asyncio.sleep(backoff)
@@ -842,7 +846,9 @@ class AsyncAgentVaultClient:
             elif kind == "error":
                 logger.warning("Relay error frame: %s", frame.get("code"))
             elif kind == "hello":
-                logger.info("Relay connected (last acked %s)", frame.get("last_acked_seq"))
+                logger.info(
+                    "Relay connected (last acked %s)", frame.get("last_acked_seq")
+                )
 
     def start_receiving(self) -> None:
         """Start the receiver in the background (idempotent)."""
@@ -910,4 +916,3 @@ class AsyncAgentVaultClient:
     def recent_messages(self, limit: int = 20) -> list[Message]:
         """Return the newest stored messages, oldest first."""
         return self._message_log().recent(limit=limit)
-

@@ -150,8 +150,10 @@ class AgentBridge:
             replies: list[Reply] = [
                 (
                     KIND_AGENT_ERROR,
-                    (f"A message (seq {message.seq}) could not be decrypted "
-                    f"({message.error}); please send it again."),
+                    (
+                        f"A message (seq {message.seq}) could not be decrypted "
+                        f"({message.error}); please send it again."
+                    ),
                 )
             ]
         elif message.kind != KIND_TEXT:
@@ -238,8 +240,10 @@ class AgentBridge:
             return [
                 (
                     KIND_AGENT_ERROR,
-                    (f"The agent program did not answer within {self.timeout:g} s "
-                    "and was stopped."),
+                    (
+                        f"The agent program did not answer within {self.timeout:g} s "
+                        "and was stopped."
+                    ),
                 )
             ]
         self._stderr.extend(err.decode("utf-8", "replace").splitlines()[-STDERR_TAIL:])
@@ -425,8 +429,10 @@ class AgentBridge:
             return [
                 (
                     KIND_AGENT_ERROR,
-                    (f"The agent program did not answer within {self.timeout:g} s; "
-                    "it is being restarted."),
+                    (
+                        f"The agent program did not answer within {self.timeout:g} s; "
+                        "it is being restarted."
+                    ),
                 )
             ]
         finally:

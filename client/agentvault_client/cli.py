@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import logging
 import os
 import platform
 import sys
@@ -586,6 +587,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``agentvault`` command and return its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    level = os.environ.get("AGENTVAULT_LOG", "").upper()
+    if level:
+        logging.basicConfig(
+            level=getattr(logging, level, logging.INFO),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
     run: Callable[[argparse.Namespace], Awaitable[int]] = args.run
     try:
         return asyncio.run(run(args))

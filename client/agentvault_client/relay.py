@@ -112,10 +112,14 @@ class RelayConnection:
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status == 401:
-                raise UnauthorizedError("The relay refused the token.", status=401) from None
+                raise UnauthorizedError(
+                    "The relay refused the token.", status=401
+                ) from None
             if status == 403:
                 # Denied at connect: revoked or not approved (or bad origin).
-                raise UnauthorizedError("The relay refused the device.", status=403) from None
+                raise UnauthorizedError(
+                    "The relay refused the device.", status=403
+                ) from None
             if status == 404:
                 raise RelayUnavailableError() from None
             raise TransportError(f"The relay answered HTTP {status}.") from None
@@ -143,7 +147,9 @@ class RelayConnection:
             try:
                 frame = json.loads(raw)
             except ValueError:
-                raise ProtocolError("The relay sent a frame that is not JSON.") from None
+                raise ProtocolError(
+                    "The relay sent a frame that is not JSON."
+                ) from None
             if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
                 raise ProtocolError("The relay sent a frame without a type.")
             yield frame
