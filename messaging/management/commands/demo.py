@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import queue
 import socket
@@ -126,9 +127,12 @@ class Command(BaseCommand):
         os.chmod(self.workdir, 0o700)
         self.children: list[_Proc] = []
         self.server: subprocess.Popen[bytes] | None = None
+        # The server's own JSON logs go to its log file; keep this screen readable.
+        logging.disable(logging.INFO)
         try:
             self._run(options)
         finally:
+            logging.disable(logging.NOTSET)
             for child in self.children:
                 child.stop()
             if self.server is not None and not options["keep_running"]:
@@ -367,6 +371,8 @@ class Command(BaseCommand):
         device_id = first.split()[2]
         shown = child.next_line(10).removeprefix("Fingerprint: ")
         self.say(f"  device {device_id} is pending; it shows fingerprint {shown}")
+        for _ in range(2):
+            self.say(f"  {child.next_line(10)}")
         time.sleep(1.0)  # let the waiting indicator show in the log
         approve(device_id, shown)
         self.say("  admin compared the fingerprint with the console and approved")
