@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = [sys.executable, str(ROOT / "tests" / "e2e_agent.py")]
 #: Messages the owner sends in the bulk test; each is answered by the agent.
-BULK = int(os.environ.get("AV_E2E_MESSAGES", "500"))
+BULK = int(os.environ.get("AV_E2E_MESSAGES", "800"))
 
 SCRIPTS = [
     "Hello, agent! 👋🤖 marker-latin",

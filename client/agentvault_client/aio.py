@@ -33,7 +33,7 @@ import random
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -869,7 +869,7 @@ class AsyncAgentVaultClient:
 
     async def messages(
         self, *, room_id: str | None = None, include_outgoing: bool = True
-    ) -> AsyncIterator[Message]:
+    ) -> AsyncGenerator[Message, None]:
         """Yield received messages in order, waiting for new ones.
 
         Starts the receiver. A message is marked handled when the next one

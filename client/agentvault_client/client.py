@@ -17,7 +17,7 @@ import asyncio
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from agentvault_client.aio import (
     AsyncAgentVaultClient,
@@ -122,7 +122,7 @@ class AgentVaultClient:
         finally:
             self._runner.stop()
 
-    def __enter__(self) -> AgentVaultClient:
+    def __enter__(self) -> Self:
         """Return the client itself."""
         return self
 
