@@ -241,7 +241,18 @@ def _check_recipients(
     if len(set(named)) != len(named):
         raise DuplicateDeviceError()
 
-    expected = set(_room_device_ids(room_id)) - {sender_device_id}
+    # Lock the recipients' device rows, in id order, before their queue rows:
+    # a revocation locks the device row first too, so the two queue up
+    # instead of deadlocking on the deliveries' deferred foreign-key checks,
+    # and a send waiting here re-reads the device after the revocation.
+    expected = set(
+        Device.objects.active()
+        .filter(member__room_memberships__room_id=room_id)
+        .exclude(pk=sender_device_id)
+        .order_by("pk")
+        .select_for_update(no_key=True, of=("self",))
+        .values_list("pk", flat=True)
+    )
     given = set(named)
     if given == expected:
         return
@@ -483,6 +494,13 @@ def get_peer_device_ids(member_id: uuid.UUID) -> list[tuple[uuid.UUID, uuid.UUID
     )
 
 
+_LOCK_PRUNED_QUEUES_SQL = """
+SELECT device_id FROM messaging_devicequeue
+ WHERE device_id IN (SELECT DISTINCT device_id FROM messaging_delivery
+                      WHERE created_at < %s)
+ ORDER BY device_id FOR UPDATE
+"""
+
 _PRUNE_SQL = """
 WITH gone AS (
     DELETE FROM messaging_delivery WHERE created_at < %s RETURNING device_id
@@ -506,6 +524,8 @@ def do_prune_deliveries(*, older_than: datetime.datetime) -> tuple[int, int]:
     """
     with transaction.atomic():
         with connection.cursor() as cursor:
+            # Queue rows in id order, as senders lock them.
+            cursor.execute(_LOCK_PRUNED_QUEUES_SQL, [older_than])
             cursor.execute(_PRUNE_SQL, [older_than])
             deliveries = sum(int(row[0]) for row in cursor.fetchall())
         messages, _ = (

@@ -4,17 +4,21 @@ The bucket is kept as one "theoretical arrival time" per key (the generic
 cell rate algorithm): each send moves it forward by ``1 / rate``; a send is
 refused when that would put it more than ``burst / rate`` ahead of now. With
 the Redis cache the check-and-move is one Lua call, atomic across workers;
-with the in-process cache (one worker only) a lock does the same.
+with the in-process cache (one worker only) a lock does the same. When
+Redis cannot be reached the check lets the send through (and logs it).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
 from typing import Any
 
 from django.core.cache import cache
+
+logger = logging.getLogger(__name__)
 
 _SCRIPT = """
 local now = tonumber(ARGV[1])
@@ -52,7 +56,15 @@ def take(
 
     client = _redis_client()
     if client is not None:
-        wait = client.eval(_SCRIPT, 1, cache.make_key(name), now, interval, tolerance)
+        try:
+            wait = client.eval(
+                _SCRIPT, 1, cache.make_key(name), now, interval, tolerance
+            )
+        except Exception:
+            # Fail open: an unreachable Redis must not stop durable sends;
+            # the queue cap still bounds what a sender can pile up.
+            logger.warning("Send rate check unavailable for %s", key, exc_info=True)
+            return 0.0
         return max(0.0, float(wait))
 
     with _local_lock:

@@ -82,6 +82,15 @@ def authenticate_socket(token: str) -> SocketIdentity:
             assert isinstance(device, Device)
             if device.status != Device.Status.ACTIVE:
                 raise SocketClosedError(CLOSE_REVOKED, "device_not_active")
+            # Device row before queue row, the order revocation locks them.
+            still_active = list(
+                Device.objects.active()
+                .filter(pk=device.pk)
+                .select_for_update(no_key=True)
+                .values_list("pk", flat=True)
+            )
+            if not still_active:
+                raise SocketClosedError(CLOSE_REVOKED, "device_not_active")
             with connection.cursor() as cursor:
                 cursor.execute(_OPEN_QUEUE_SQL, [device.pk, tenant_id])
                 epoch, acked = cursor.fetchone()
