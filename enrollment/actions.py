@@ -428,14 +428,16 @@ def _consume_challenge(device_id: uuid.UUID, challenge: bytes) -> bool:
     """Delete the challenge if it is open; return whether it was.
 
     A single ``DELETE``: of two requests racing with one challenge, the
-    second waits for the first's row lock and then deletes nothing.
+    second waits for the first's row lock and then deletes nothing. Expiry is
+    judged at the moment of the check, not at the start of the transaction
+    (which ``now()`` would give).
     """
     with connection.cursor() as cursor:
         cursor.execute(
             "DELETE FROM enrollment_devicechallenge "
-            "WHERE device_id = %s AND digest = %s AND expires_at > now() "
+            "WHERE device_id = %s AND digest = %s AND expires_at > %s "
             "RETURNING id",
-            [device_id, _digest(challenge)],
+            [device_id, _digest(challenge), timezone.now()],
         )
         return cursor.fetchone() is not None
 
