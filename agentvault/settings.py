@@ -70,7 +70,7 @@ def _required_secret(name: str, *, data_dir: Path, embedded: bool, factory: Any)
 
 DATA_DIR = Path(env.str("AV_DATA_DIR", default=str(BASE_DIR / ".agentvault")))
 DATA_DIR = DATA_DIR.expanduser().resolve()
-EMBEDDED = not os.environ.get("DATABASE_URL")
+EMBEDDED = not (os.environ.get("DATABASE_URL") or os.environ.get("DATABASE_URL_FILE"))
 
 DEBUG = env.bool("AV_DEBUG", default=False)
 SECRET_KEY = _required_secret(
@@ -206,9 +206,10 @@ if EMBEDDED:
     _owner_url = _embedded_url(_embedded.owner)
     _operator_url: str | None = _embedded_url(_embedded.operator)
 else:
-    _app_url = env.str("DATABASE_URL")
-    _owner_url = env.str("MIGRATE_DATABASE_URL", default="") or _app_url
-    _operator_url = env.str("OPERATOR_DATABASE_URL", default="") or None
+    # Database URLs carry passwords: like secrets, each accepts NAME_FILE.
+    _app_url = env_secret("DATABASE_URL") or ""
+    _owner_url = env_secret("MIGRATE_DATABASE_URL") or _app_url
+    _operator_url = env_secret("OPERATOR_DATABASE_URL")
 
 DATABASES = {"default": _database(_app_url)}
 DATABASES["default"]["OPTIONS"]["pool"] = dict(_POOL)

@@ -436,7 +436,7 @@ def test_roles_sql_builds_roles_a_fresh_cluster_migrates_and_serves_with() -> No
         env.pop("AV_TEST_DB_NAME", None)
         manage = [sys.executable, str(REPO / "manage.py")]
         subprocess.run(
-            [*manage, "migrate", "--noinput", "--skip-checks"],
+            [*manage, "migrate", "--noinput"],
             env=env,
             check=True,
             capture_output=True,
