@@ -4,33 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import migrations
-
-from tenants.operations import app_role, operator_role
+from tenants.operations import TableOperation, app_role, operator_role
 
 _FUNCTION = "audit_refuse_change"
 
 
-class MakeAppendOnly(migrations.operations.base.Operation):
+class MakeAppendOnly(TableOperation):
     """Refuse UPDATE, DELETE and TRUNCATE on a table, by grant and by trigger.
 
     - The app and operator roles lose UPDATE, DELETE and TRUNCATE.
     - Row triggers refuse UPDATE and DELETE from anyone, and a statement
       trigger refuses TRUNCATE (row triggers do not see it).
     """
-
-    reversible = True
-    reduces_to_sql = True
-
-    def __init__(self, model_name: str) -> None:
-        self.model_name = model_name
-
-    def state_forwards(self, app_label: str, state: Any) -> None:
-        """Change nothing in the model state."""
-
-    def _table(self, app_label: str, state: Any) -> str:
-        model = state.apps.get_model(app_label, self.model_name)
-        return str(model._meta.db_table)
 
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
@@ -75,7 +60,3 @@ class MakeAppendOnly(migrations.operations.base.Operation):
     def describe(self) -> str:
         """Describe the operation for ``migrate --plan``."""
         return f"Make {self.model_name} append-only"
-
-    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
-        """Return how to rebuild this operation."""
-        return self.__class__.__qualname__, [], {"model_name": self.model_name}

@@ -27,20 +27,14 @@ def operator_role() -> str | None:
     return str(role_settings("operator")["USER"])
 
 
-class EnableTenantRLS(migrations.operations.base.Operation):
-    """Enable and force row-level security on a tenant table, with its policy.
-
-    The policy lets the app role see and write only rows whose tenant column
-    equals the transaction's ``app.current_tenant_id``; with no tenant set it
-    sees nothing. ``FORCE`` makes the owner subject to it too.
-    """
+class TableOperation(migrations.operations.base.Operation):
+    """Base of operations that run SQL on one model's table and keep state."""
 
     reversible = True
     reduces_to_sql = True
 
-    def __init__(self, model_name: str, column: str = "tenant_id") -> None:
+    def __init__(self, model_name: str) -> None:
         self.model_name = model_name
-        self.column = column
 
     def state_forwards(self, app_label: str, state: Any) -> None:
         """Change nothing in the model state."""
@@ -48,6 +42,23 @@ class EnableTenantRLS(migrations.operations.base.Operation):
     def _table(self, app_label: str, state: Any) -> str:
         model = state.apps.get_model(app_label, self.model_name)
         return str(model._meta.db_table)
+
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
+        """Return how to rebuild this operation."""
+        return self.__class__.__qualname__, [], {"model_name": self.model_name}
+
+
+class EnableTenantRLS(TableOperation):
+    """Enable and force row-level security on a tenant table, with its policy.
+
+    The policy lets the app role see and write only rows whose tenant column
+    equals the transaction's ``app.current_tenant_id``; with no tenant set it
+    sees nothing. ``FORCE`` makes the owner subject to it too.
+    """
+
+    def __init__(self, model_name: str, column: str = "tenant_id") -> None:
+        super().__init__(model_name)
+        self.column = column
 
     def database_forwards(
         self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any
@@ -84,10 +95,10 @@ class EnableTenantRLS(migrations.operations.base.Operation):
 
     def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
         """Return how to rebuild this operation."""
-        kwargs = {"model_name": self.model_name}
+        name, args, kwargs = super().deconstruct()
         if self.column != "tenant_id":
             kwargs["column"] = self.column
-        return self.__class__.__qualname__, [], kwargs
+        return name, args, kwargs
 
 
 class GrantAppRole(migrations.operations.base.Operation):
