@@ -108,6 +108,9 @@ def test_importing_the_sdk_reads_no_environment_and_installs_no_handlers() -> No
 import logging, os, sys
 import nacl.bindings, nacl.pwhash, nacl.signing, sqlite3
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+# Third-party transports read their own settings at import; the property is
+# about this package's code, so they are imported before the spy.
+import httpx, websockets.asyncio.client, websockets.exceptions
 reads = []
 class Spy(type(os.environ)):
     def __getitem__(self, key):
