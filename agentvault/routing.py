@@ -16,6 +16,21 @@ def build_application() -> Any:
     return ProtocolTypeRouter(
         {
             "http": get_asgi_application(),
-            "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+            "websocket": build_websocket_application(
+                AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns))
+            ),
         }
     )
+
+
+def build_websocket_application(app: Any) -> Any:
+    """Wrap the relay's router: spans (when tracing is on), then abuse guard.
+
+    The span is outermost so that refused and throttled sockets show too;
+    its URL attributes lose the query string (``?token=``) in the hook and
+    again in the exporter. Tracing must be configured before this runs.
+    """
+    from agentvault.abuse import AuthFailureGuard
+    from agentvault.observability.tracing import trace_websocket
+
+    return trace_websocket(AuthFailureGuard(app))

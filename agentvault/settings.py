@@ -423,6 +423,17 @@ ENROLLMENT: dict[str, Any] = {
     "BUNDLE_RATE": env.str("AV_BUNDLE_RATE", default="20/m"),
 }
 
+# --- Abuse escalation (authentication failures) ---------------------------------
+
+# Failures per client address and per device within a window; the one that
+# reaches the count blocks the key for BLOCK_SECONDS (429 with Retry-After)
+# and writes one security.auth_failure_spike audit event. See agentvault.abuse.
+ABUSE: dict[str, Any] = {
+    "IP_FAILURE_RATE": env.str("AV_IP_FAILURE_RATE", default="20/10m"),
+    "DEVICE_FAILURE_RATE": env.str("AV_DEVICE_FAILURE_RATE", default="10/10m"),
+    "BLOCK_SECONDS": env.int("AV_AUTH_BLOCK_SECONDS", default=600),
+}
+
 # --- Messaging (rooms, delivery, relay) ---------------------------------------------
 
 # Defaults live in messaging/conf.py; these are the ones operators tune.

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from audit.models import AuditEvent
+from audit.models import AuditEvent, SecurityAlert
 from tenants.admin import TenantScopedAdmin
 
 
@@ -41,3 +42,22 @@ class AuditEventAdmin(TenantScopedAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         """Events never change."""
         return False
+
+
+@admin.register(SecurityAlert)
+class SecurityAlertAdmin(AuditEventAdmin):
+    """Recent security alerts of the tenant (failure spikes), read-only."""
+
+    list_display = [
+        "occurred_at",
+        "action",
+        "target_kind",
+        "target_id",
+        "client_ip",
+        "details",
+    ]
+    list_filter = ["action", "target_kind"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        """Return the tenant's ``security.*`` events only."""
+        return super().get_queryset(request).filter(action__startswith="security.")

@@ -69,3 +69,12 @@ class AuditEvent(models.Model):
     def compute_hash(self) -> str:
         """Return SHA-256 over the previous hash and this event's canonical form."""
         return hashlib.sha256(self.prev_hash.encode() + self.canonical()).hexdigest()
+
+
+class SecurityAlert(AuditEvent):
+    """The security alerts among audit events (``security.*``), for the console."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "security alert"
+        verbose_name_plural = "security alerts"

@@ -18,12 +18,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agentvault import abuse
 from agentvault.auth.drf import IsActiveDevice, IsTenantAdmin, _principal
 from agentvault.auth.principal import Principal
+from agentvault.context import request_client_ip
 from agentvault.errors import BadRequestError, ForbiddenError, NotFoundError
+from agentvault.observability.metrics import AUTH_FAILURES
 from enrollment import actions, limits
 from enrollment.conf import option
-from enrollment.errors import InvalidKeyError
+from enrollment.errors import ChallengeFailedError, InvalidKeyError
 from enrollment.models import Device, Invite
 from enrollment.serializers import (
     ChallengeRequestSerializer,
@@ -196,8 +199,10 @@ class ChallengeView(APIView):
 
     def post(self, request: Request) -> Response:
         """Return a challenge, whether or not the device exists."""
+        abuse.check_request_not_blocked(request)
         limits.count_auth_attempt(request)
         data = _valid(ChallengeRequestSerializer(data=request.data))
+        abuse.check_request_not_blocked(request, device_id=data["device_id"])
         challenge = actions.do_issue_challenge(data["device_id"])
         body = {
             "challenge": _b64(challenge),
@@ -215,17 +220,37 @@ class TokenView(APIView):
 
     def post(self, request: Request) -> Response:
         """Issue a bearer token for the device that signed the challenge."""
+        abuse.check_request_not_blocked(request)
         limits.count_auth_attempt(request)
         data = _valid(TokenRequestSerializer(data=request.data))
-        access_token, expires_in = actions.do_issue_device_token(
-            data["device_id"], challenge=data["challenge"], signature=data["signature"]
-        )
+        abuse.check_request_not_blocked(request, device_id=data["device_id"])
+        try:
+            access_token, expires_in = actions.do_issue_device_token(
+                data["device_id"],
+                challenge=data["challenge"],
+                signature=data["signature"],
+            )
+        except ChallengeFailedError:
+            _note_challenge_failure(request, data["device_id"])
+            raise
         body = {
             "access_token": access_token,
             "token_type": "Bearer",
             "expires_in": expires_in,
         }
         return Response(body, headers={"Cache-Control": "no-store"})
+
+
+def _note_challenge_failure(request: Request, device_id: uuid.UUID) -> None:
+    """Count a refused challenge answer against the address and the device."""
+    AUTH_FAILURES.labels(transport="challenge", reason="bad_signature").inc()
+    failure = abuse.AuthFailure(
+        transport="challenge",
+        reason="bad_signature",
+        ip=request_client_ip(request),
+        device_id=device_id,
+    )
+    abuse.do_note_auth_failure(failure)
 
 
 # --- Devices -------------------------------------------------------------------

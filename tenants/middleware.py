@@ -16,8 +16,10 @@ from collections.abc import Callable
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 
+from agentvault import abuse
 from agentvault.auth.principal import Principal, resolve_principal, tenant_of
-from agentvault.auth.tokens import TokenError, verify_token
+from agentvault.auth.tokens import TokenError, VerifiedToken, verify_token
+from agentvault.context import request_client_ip
 from agentvault.observability.metrics import AUTH_FAILURES
 from tenants.scope import tenant_scope
 
@@ -51,6 +53,13 @@ class TenantScopeMiddleware:
         request = _attach(request)
         token = bearer_token(request)
 
+        # An address past its failure threshold is refused before any token
+        # work (``agentvault.abuse``).
+        if token is not None:
+            refused = abuse.blocked_response(request)
+            if refused is not None:
+                return refused
+
         # Identify the tenant: a token first, else a console session.
         verified = None
         if token is not None:
@@ -59,7 +68,7 @@ class TenantScopeMiddleware:
                 request.tenant_id = tenant_of(verified)
             except TokenError as exc:
                 request.auth_error = exc
-                AUTH_FAILURES.labels(transport="http", reason=exc.code).inc()
+                _note_failure(request, exc, verified)
         elif request.user.is_authenticated:
             request.tenant_id = getattr(request.user, "tenant_id", None)
 
@@ -73,7 +82,7 @@ class TenantScopeMiddleware:
                     request.principal = resolve_principal(verified, request.tenant_id)
                 except TokenError as exc:
                     request.auth_error = exc
-                    AUTH_FAILURES.labels(transport="http", reason=exc.code).inc()
+                    _note_failure(request, exc, verified)
             return self._respond(request)
 
     def _respond(self, request: TenantRequest) -> HttpResponse:
@@ -82,6 +91,24 @@ class TenantScopeMiddleware:
             # The view failed after writing: keep none of it.
             transaction.set_rollback(True)
         return response
+
+
+def _note_failure(
+    request: TenantRequest, error: TokenError, verified: VerifiedToken | None
+) -> None:
+    """Count a refused token; name its device and tenant only if verified."""
+    AUTH_FAILURES.labels(transport="http", reason=error.code).inc()
+    device_id = None
+    if verified is not None and verified.kind == "device":
+        device_id = uuid.UUID(verified.subject)
+    failure = abuse.AuthFailure(
+        transport="http",
+        reason=error.code,
+        ip=request_client_ip(request),
+        device_id=device_id,
+        tenant_id=request.tenant_id if verified is not None else None,
+    )
+    abuse.do_note_auth_failure(failure)
 
 
 def _attach(request: HttpRequest) -> TenantRequest:

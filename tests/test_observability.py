@@ -213,9 +213,11 @@ def drive_websocket_refused_token(markers: Markers, client: Client) -> None:
     from channels.routing import URLRouter
     from channels.testing import WebsocketCommunicator
 
+    from agentvault.routing import build_websocket_application
     from messaging.routing import websocket_urlpatterns
 
-    application = URLRouter(websocket_urlpatterns)
+    # The production wrapping: spans when tracing is on, the abuse guard.
+    application = build_websocket_application(URLRouter(websocket_urlpatterns))
     attempts = [
         ("/ws/v1/relay", [(b"authorization", f"Bearer {markers.token}".encode())]),
         (f"/ws/v1/relay?token={markers.query_token}", []),
@@ -578,6 +580,11 @@ def test_no_secret_reaches_the_spans(
     driver(canary.markers, client)
 
     finished = span_exporter.get_finished_spans()
+    if driver is drive_websocket_refused_token:
+        # One server span per socket (plus receive/send children), no query.
+        sockets = [span for span in finished if "http.target" in span.attributes]
+        assert [span.name for span in sockets] == ["HTTP /ws/v1/relay"] * 2
+        assert {span.attributes["http.url"] for span in sockets} == {"/ws/v1/relay"}
     if driver not in NON_HTTP_DRIVERS:
         server = [span for span in finished if span.name.startswith("POST")]
         assert len(server) == 1
