@@ -22,6 +22,9 @@ Which tenant hears about a spike:
   the metric only. Claims of a token whose signature failed are never used
   to pick a tenant, or anyone could write alerts into any tenant's trail.
 
+With the cache unreachable, nothing is counted or blocked (logged): an
+outage of Redis must not refuse every authenticated request.
+
 Devices are counted only when their id comes from a verified token or names
 an existing device, so random ids cannot fill the cache. The device block
 applies where a device is named before any token work (the challenge and
@@ -117,7 +120,13 @@ def get_block_seconds(
     keys = _keys(ip, device_id)
     if not keys:
         return None
-    deadlines = [float(value) for value in cache.get_many(keys).values()]
+    try:
+        found = cache.get_many(keys)
+    except Exception:
+        # The cache (Redis) is down: serve rather than refuse everyone.
+        logger.exception("Abuse block check skipped: cache unavailable")
+        return None
+    deadlines = [float(value) for value in found.values()]
     left = max(deadlines, default=0.0) - time.time()
     return left if left > 0 else None
 
@@ -154,13 +163,17 @@ def blocked_response(request: HttpRequest) -> JsonResponse | None:
 def _count(kind: str, value: str) -> tuple[int, int, int]:
     """Count one failure of ``value``; return (count, threshold, window)."""
     rate = abuse_option("IP_FAILURE_RATE" if kind == "ip" else "DEVICE_FAILURE_RATE")
-    usage = get_usage(
-        None,
-        group=f"abuse.auth_failures.{kind}",
-        key=lambda group, request: value,
-        rate=rate,
-        increment=True,
-    )
+    try:
+        usage = get_usage(
+            None,
+            group=f"abuse.auth_failures.{kind}",
+            key=lambda group, request: value,
+            rate=rate,
+            increment=True,
+        )
+    except Exception:
+        logger.exception("Auth failure not counted: cache unavailable")
+        return 0, 0, 0
     if usage is None or usage["time_left"] < 0:
         return 0, 0, 0  # counting off, or the cache failed: no escalation
     return int(usage["count"]), int(usage["limit"]), int(usage["time_left"])

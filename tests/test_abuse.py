@@ -301,3 +301,22 @@ def test_the_consumer_hook_counts_a_socket_once() -> None:
     ]
     assert calls == [[], [], []]
     assert abuse.get_block_seconds(ip=ATTACKER) is None
+
+
+def test_an_unreachable_cache_neither_blocks_nor_fails(
+    api: APIClient, tenant_a: TenantWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("cache down")
+
+    monkeypatch.setattr(cache, "get_many", down)
+    monkeypatch.setattr(cache, "add", down)
+    valid = f"Bearer {tenant_a.member_device.token}"
+
+    codes = [_bad_token(api).status_code for _ in range(4)]
+    served = api.get(
+        "/api/v1/devices/me", HTTP_AUTHORIZATION=valid, REMOTE_ADDR=ATTACKER
+    )
+
+    assert codes == [401] * 4
+    assert served.status_code == 200
