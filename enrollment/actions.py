@@ -25,6 +25,7 @@ import audit
 from agentvault.auth.principal import Principal
 from agentvault.auth.tokens import get_registry
 from agentvault.errors import ForbiddenError, NotFoundError
+from agentvault.observability import metrics
 from enrollment import crypto
 from enrollment.conf import option
 from enrollment.directory import get_device_tenant, members_share_room
@@ -267,6 +268,7 @@ def do_enroll_device(
     token = parse_invite_token(invite_token)
     if token is None or not Tenant.objects.filter(pk=token.tenant_id).exists():
         logger.info("Refused an enrollment: malformed invite or unknown tenant")
+        metrics.ENROLLMENT_ATTEMPTS.labels("unknown").inc()
         raise InvalidInviteError()
     if _in_other_tenant(token.tenant_id):
         raise InvalidInviteError()
@@ -294,6 +296,7 @@ def do_enroll_device(
                 "Refused an enrollment in tenant %s: %s", token.tenant_id, refused
             )
             error: type[Exception] | None = refused.error
+            reason = refused.reason
         else:
             error = None
             audit.record(
@@ -308,7 +311,9 @@ def do_enroll_device(
             )
 
     if error is not None:
+        metrics.ENROLLMENT_ATTEMPTS.labels(reason).inc()
         raise error()
+    metrics.ENROLLMENT_ATTEMPTS.labels("enrolled").inc()
     logger.info("Enrolled device %s in tenant %s", device.pk, device.tenant_id)
     return device
 
@@ -323,6 +328,15 @@ def _locked(device: Device) -> Device:
         .select_related("member")
         .get(pk=device.pk)
     )
+
+
+def _source(acting: Any, device: Device) -> str:
+    """Return who asked, as a metric label: self, api, console or command."""
+    if isinstance(acting, Principal):
+        return "self" if acting.device_id == device.pk else "api"
+    if isinstance(acting, Member):
+        return "console"
+    return "command"
 
 
 def do_approve_device(device: Device, *, acting: Any) -> Device:
@@ -348,6 +362,8 @@ def do_approve_device(device: Device, *, acting: Any) -> Device:
             details={"member_id": str(device.member_id)},
         )
         device_approved.send(sender=Device, device=device)
+        source = _source(acting, device)
+        transaction.on_commit(lambda: metrics.DEVICE_APPROVALS.labels(source).inc())
 
     logger.info("Approved device %s", device.pk)
     return device
@@ -383,6 +399,8 @@ def do_revoke_device(device: Device, *, acting: Any) -> Device:
             },
         )
         device_revoked.send(sender=Device, device=device)
+        source = _source(acting, device)
+        transaction.on_commit(lambda: metrics.REVOCATIONS.labels(source).inc())
 
     logger.info("Revoked device %s", device.pk)
     return device
@@ -500,6 +518,7 @@ def do_issue_device_token(
     if refusal is not None:
         logger.info("Refused a token for device %s: %s", device_id, refusal)
         raise ChallengeFailedError()
+    metrics.TOKENS_ISSUED.inc()
     logger.info("Issued a token for device %s", device_id)
     return access_token, expires_in
 

@@ -15,6 +15,7 @@ from django_ratelimit.core import get_usage
 
 from agentvault.context import request_client_ip
 from agentvault.errors import RateLimitedError
+from agentvault.observability import metrics
 from enrollment.conf import option
 
 
@@ -39,6 +40,7 @@ def count_attempt(
         increment=True,
     )
     if usage is not None and usage["should_limit"]:
+        metrics.RATE_LIMITED.labels(group).inc()
         raise RateLimitedError(retry_after=max(1, usage["time_left"]))
 
 
