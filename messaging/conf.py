@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "INBOX_MAX_LIMIT": 500,
     # Relay socket behaviour.
     "MAX_IN_FLIGHT": 256,
+    "MAX_IN_FLIGHT_BYTES": 8 * 1024 * 1024,
     "ACK_TIMEOUT": 30.0,
     "SWEEP_INTERVAL": 15.0,
     "STATUS_INTERVAL": 15.0,

@@ -22,7 +22,9 @@ the code below, so clients can tell the reasons apart.
 Delivery: PostgreSQL is the only source of what to push. A channel-layer
 wake-up (or a sweep every ``SWEEP_INTERVAL`` seconds, or an ack opening the
 window) makes the socket read deliveries after the last one it pushed. At
-most ``MAX_IN_FLIGHT`` envelopes are unacknowledged per socket; an envelope
+most ``MAX_IN_FLIGHT`` envelopes (and ``MAX_IN_FLIGHT_BYTES`` of ciphertext,
+beyond the first envelope) are unacknowledged per socket, which bounds the
+memory a client that stops reading can pin on the server; an envelope
 unacknowledged for ``ACK_TIMEOUT`` seconds closes the socket with 4408. A
 reconnect resends everything after the acknowledged mark, so delivery is
 at least once and clients drop sequence numbers they have already seen.
@@ -120,7 +122,8 @@ class RelayConsumer(AsyncWebsocketConsumer):
         """Authenticate, join the device's group, greet and start pushing."""
         self.closing = False
         self.tasks: list[asyncio.Task[None]] = []
-        self.pushed: collections.deque[tuple[int, float]] = collections.deque()
+        self.pushed: collections.deque[tuple[int, float, int]] = collections.deque()
+        self.inflight_bytes = 0
         self.group: str | None = None
         token, subprotocol = socket_token(self.scope)
 
@@ -262,7 +265,8 @@ class RelayConsumer(AsyncWebsocketConsumer):
 
         await database_sync_to_async(sockets.ack_for_socket)(self.identity, up_to)
         while self.pushed and self.pushed[0][0] <= up_to:
-            self.pushed.popleft()
+            _, _, size = self.pushed.popleft()
+            self.inflight_bytes -= size
         self.wakeup.set()
 
     async def _on_send(self, frame: dict[str, Any]) -> None:
@@ -299,23 +303,34 @@ class RelayConsumer(AsyncWebsocketConsumer):
         """Push the backlog, then ``queue_empty``, then each new delivery."""
         assert self.identity is not None
         window = int(messaging_settings.MAX_IN_FLIGHT)
+        byte_window = int(messaging_settings.MAX_IN_FLIGHT_BYTES)
         sweep = float(messaging_settings.SWEEP_INTERVAL)
         backlog_done = False
         try:
             while not self.closing:
                 room = window - len(self.pushed)
+                if self.inflight_bytes >= byte_window:
+                    room = 0
                 if room > 0:
                     self.wakeup.clear()
-                    batch = min(room, 100)
+                    batch = min(room, 32)
                     entries, last_seq = await database_sync_to_async(
                         sockets.fetch_for_socket
                     )(self.identity, after=self.last_pushed, limit=batch)
+                    sent = 0
                     for entry in entries:
                         if self.closing:
                             return
+                        size = len(entry.ciphertext)
+                        if self.pushed and self.inflight_bytes + size > byte_window:
+                            break
                         await self._frame("envelope", **inbox_entry(entry))
-                        self.pushed.append((entry.seq, time.monotonic()))
+                        self.pushed.append((entry.seq, time.monotonic(), size))
+                        self.inflight_bytes += size
                         self.last_pushed = entry.seq
+                        sent += 1
+                    if sent < len(entries):
+                        continue
                     drained = len(entries) < batch or self.last_pushed >= last_seq
                     if not backlog_done and drained:
                         backlog_done = True

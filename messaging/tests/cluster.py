@@ -192,7 +192,8 @@ def relay_cluster(n: int, redis: str, **extra: str) -> Iterator[list[Worker]]:
     finally:
         for worker in workers:
             worker.stop()
-        shutil.rmtree(log_dir, ignore_errors=True)
+        if not os.environ.get("AV_KEEP_RELAY_LOGS"):
+            shutil.rmtree(log_dir, ignore_errors=True)
 
 
 class RedisServer:

@@ -218,6 +218,26 @@ async def test_no_more_than_the_window_is_in_flight(tenant_a: TenantWorld, setti
     await comm.disconnect()
 
 
+async def test_the_byte_window_holds_back_large_envelopes_until_acked(
+    tenant_a: TenantWorld, settings: Any
+) -> None:
+    settings.MESSAGING = {"MAX_IN_FLIGHT_BYTES": 40}
+    w = tenant_a
+    agent = w.agent_device.device
+    room = await _room(w.owner, w.agent)
+    await _store(w, room, w.owner_device.device, [agent], n=5)  # 16 bytes each
+    comm, _ = await open_socket(agent)
+
+    first = [await comm.receive_json_from(timeout=5) for _ in range(2)]
+    assert [f["seq"] for f in first] == [1, 2]
+    assert await comm.receive_nothing(timeout=0.5)
+
+    await send_json(comm, type="ack", up_to_seq=2)
+    more = [await comm.receive_json_from(timeout=5) for _ in range(2)]
+    assert [f["seq"] for f in more] == [3, 4]
+    await comm.disconnect()
+
+
 async def test_a_socket_that_does_not_ack_is_closed_with_4408(
     tenant_a: TenantWorld, settings: Any
 ) -> None:
