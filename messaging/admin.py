@@ -90,10 +90,10 @@ class DeviceQueueAdmin(TenantScopedAdmin):
     """Queue depth per device: what waits for each device to come online."""
 
     list_display = ["device", "member", "depth", "last_seq", "acked_seq"]
-    list_select_related = ["device", "device__member"]
+    list_select_related = ["device", "device__member"]  # type: ignore[assignment]
     ordering = ["-depth"]
     fields = ["device", "depth", "last_seq", "acked_seq"]
-    readonly_fields = fields
+    readonly_fields = ["device", "depth", "last_seq", "acked_seq"]
 
     @admin.display(description="member")
     def member(self, queue: DeviceQueue) -> str:

@@ -73,7 +73,7 @@ from messaging.sockets import SocketClosedError, SocketIdentity
 logger = logging.getLogger(__name__)
 
 SUBPROTOCOL = "agentvault.v1"
-TOKEN_SUBPROTOCOL_PREFIX = "bearer."
+TOKEN_SUBPROTOCOL_PREFIX = "bearer."  # noqa: S105 (a prefix, not a secret)
 
 
 def socket_token(scope: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -113,7 +113,7 @@ class _Bucket:
         return True
 
 
-class RelayConsumer(AsyncWebsocketConsumer):
+class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     """One device's relay socket: push its queue, take its sends and acks."""
 
     identity: SocketIdentity | None = None
@@ -144,7 +144,9 @@ class RelayConsumer(AsyncWebsocketConsumer):
         try:
             await self.channel_layer.group_add(group, self.channel_name)
         except Exception:
-            logger.exception("Relay socket of %s could not join its group", identity.device_id)
+            logger.exception(
+                "Relay socket of %s could not join its group", identity.device_id
+            )
             await self._refuse(subprotocol, 1011)
             return
         self.group = group

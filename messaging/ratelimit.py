@@ -45,9 +45,7 @@ def _redis_client() -> Any | None:
     return get_client(None, write=True)
 
 
-def take(
-    scope: str, key: uuid.UUID | str, *, rate: float, burst: int
-) -> float:
+def take(scope: str, key: uuid.UUID | str, *, rate: float, burst: int) -> float:
     """Take one token for ``key``; return 0 when allowed, else seconds to wait."""
     interval = 1.0 / rate
     tolerance = interval * burst

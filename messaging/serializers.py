@@ -50,7 +50,7 @@ def parse_seq(value: Any, field: str) -> int:
         raise _invalid(field, "Must be a non-negative integer.")
     if value > 2**62:
         raise _invalid(field, "Is out of range.")
-    return value
+    return int(value)
 
 
 def parse_send(data: Any) -> SendRequest:

@@ -190,4 +190,3 @@ def send_for_socket(
                 envelopes=send.envelopes,
             )
     return result, list(outgoing)
-

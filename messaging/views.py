@@ -105,7 +105,9 @@ class RoomMembersView(APIView):
 
     permission_classes = [IsTenantAdmin]
 
-    def _load(self, request: Request, room_id: str, member_id: Any) -> tuple[Room, Member]:
+    def _load(
+        self, request: Request, room_id: str, member_id: Any
+    ) -> tuple[Room, Member]:
         room = actions.access_room(room_id, member=_member(request))
         if member_id is None:
             serializer = RoomMemberSerializer(data=request.data)
@@ -124,7 +126,9 @@ class RoomMembersView(APIView):
     ) -> Response:
         """Remove the member named in the path or body; 404 if not a member."""
         room, member = self._load(request, room_id, member_id)
-        removed = actions.do_remove_room_member(room, member, acting=_principal(request))
+        removed = actions.do_remove_room_member(
+            room, member, acting=_principal(request)
+        )
         if not removed:
             raise MemberNotFoundError()
         return Response(status=204)
@@ -199,7 +203,9 @@ class InboxView(APIView):
         """Return envelopes with ``seq > after``, at most ``limit`` of them."""
         after = _int_param(request, "after", 0, 0, 2**62)
         default = int(messaging_settings.INBOX_DEFAULT_LIMIT)
-        limit = _int_param(request, "limit", default, 1, messaging_settings.INBOX_MAX_LIMIT)
+        limit = _int_param(
+            request, "limit", default, 1, messaging_settings.INBOX_MAX_LIMIT
+        )
         device = _device(request)
 
         entries = actions.get_inbox(device.pk, after=after, limit=limit)
@@ -215,7 +221,9 @@ class InboxAckView(APIView):
         serializer.is_valid(raise_exception=True)
         device = _device(request)
 
-        acked, deleted = actions.do_ack(device.pk, serializer.validated_data["up_to_seq"])
+        acked, deleted = actions.do_ack(
+            device.pk, serializer.validated_data["up_to_seq"]
+        )
         return Response({"acked_seq": acked, "deleted": deleted})
 
 

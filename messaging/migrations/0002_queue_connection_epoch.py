@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('messaging', '0001_initial'),
+        ("messaging", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='devicequeue',
-            name='connection_epoch',
+            model_name="devicequeue",
+            name="connection_epoch",
             field=models.BigIntegerField(default=0),
         ),
     ]

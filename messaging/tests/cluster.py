@@ -33,14 +33,22 @@ DAPHNE = str(Path(sys.executable).with_name("daphne"))
 # answers 4413, sockets recycled well before the channel layer's group
 # expiry, keepalive pings.
 DAPHNE_OPTIONS = [
-    "--websocket_timeout", "43200",
-    "--websocket_connect_timeout", "10",
-    "--ping-interval", "20",
-    "--ping-timeout", "30",
-    "--websocket-max-message-size", str(288 * 1024),
-    "--websocket-max-frame-size", str(288 * 1024),
-    "--application-close-timeout", "10",
-    "-v", "1",
+    "--websocket_timeout",
+    "43200",
+    "--websocket_connect_timeout",
+    "10",
+    "--ping-interval",
+    "20",
+    "--ping-timeout",
+    "30",
+    "--websocket-max-message-size",
+    str(288 * 1024),
+    "--websocket-max-frame-size",
+    str(288 * 1024),
+    "--application-close-timeout",
+    "10",
+    "-v",
+    "1",
 ]
 
 
@@ -55,7 +63,11 @@ def redis_url() -> str | None:
     """Return the shared Redis URL if a server answers there, else None."""
     import redis
 
-    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    url = (
+        os.environ.get("REDIS_TEST_URL")
+        or os.environ.get("REDIS_URL")
+        or "redis://127.0.0.1:6379/0"
+    )
     try:
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
     except Exception:
@@ -99,8 +111,8 @@ def worker_environment(redis: str, **extra: str) -> dict[str, str]:
     env.update(
         DJANGO_SETTINGS_MODULE="agentvault.settings",
         PYTHONPATH=str(ROOT),
-        DATABASE_URL=_db_url(roles["app"], name),
-        MIGRATE_DATABASE_URL=_db_url(roles["owner"], name),
+        DATABASE_URL=_db_url(roles["app"] or {}, name),
+        MIGRATE_DATABASE_URL=_db_url(roles["owner"] or {}, name),
         AV_SECRET_KEY=settings.SECRET_KEY,
         AV_SIGNING_KEY=settings.AGENTVAULT_AUTH["SIGNING_KEYS"][0],
         AV_INVITE_PEPPER=settings.AGENTVAULT["INVITE_PEPPER"],
@@ -120,8 +132,15 @@ class Worker:
         self.log_path = log_dir / f"worker{index}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [DAPHNE, "-b", "127.0.0.1", "-p", str(self.port), *DAPHNE_OPTIONS,
-             "agentvault.asgi:application"],
+            [
+                DAPHNE,
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                *DAPHNE_OPTIONS,
+                "agentvault.asgi:application",
+            ],
             cwd=ROOT,
             env=env,
             stdout=self._log,
@@ -145,8 +164,9 @@ class Worker:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited:\n{self.log()[-3000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.5
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
             ):
                 time.sleep(0.3)
                 return
@@ -214,8 +234,19 @@ class RedisServer:
         import redis
 
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,

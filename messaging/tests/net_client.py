@@ -17,7 +17,9 @@ from tests.support import device_token
 ORIGIN = "http://127.0.0.1"
 
 
-async def open_relay(url: str, device: Device, **kwargs: Any) -> tuple[ClientConnection, dict[str, Any]]:
+async def open_relay(
+    url: str, device: Device, **kwargs: Any
+) -> tuple[ClientConnection, dict[str, Any]]:
     """Connect to a worker's relay as ``device``; return the socket and hello."""
     ws = await connect(
         url,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
 
 from channels.testing import WebsocketCommunicator
 
@@ -13,6 +14,17 @@ from enrollment.models import Device
 from tests.support import device_token
 
 ORIGIN = (b"origin", b"http://localhost")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def db(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """Run ``fn`` on the database thread, as consumers do (typed wrapper)."""
+    from channels.db import database_sync_to_async
+
+    wrapped: Callable[P, Awaitable[R]] = database_sync_to_async(fn)
+    return wrapped
 
 
 @functools.cache
@@ -43,7 +55,9 @@ def communicator(
     )
 
 
-async def open_socket(device: Device, **kwargs: Any) -> tuple[WebsocketCommunicator, dict[str, Any]]:
+async def open_socket(
+    device: Device, **kwargs: Any
+) -> tuple[WebsocketCommunicator, dict[str, Any]]:
     """Connect as ``device`` and return the communicator and its ``hello``."""
     comm = communicator(device_token(device), **kwargs)
     connected, _ = await comm.connect(timeout=10)

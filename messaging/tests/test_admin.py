@@ -51,14 +51,20 @@ def test_adding_a_membership_in_the_console_is_audited(
         assert AuditEvent.objects.filter(action="room.member_added").count() == 1
 
 
-def test_queue_depth_is_visible_per_device(console: Client, tenant_a: TenantWorld) -> None:
+def test_queue_depth_is_visible_per_device(
+    console: Client, tenant_a: TenantWorld
+) -> None:
     w = tenant_a
     room = make_room(w.owner, w.agent)
     with tenant_scope(w.tenant.pk):
         for cid in ("1", "2", "3"):
-            do_send_message(room.pk, tenant_id=w.tenant.pk, sender=w.owner_device.device,
-                            client_message_id=cid,
-                            envelopes=[Envelope(w.agent_device.device.pk, b"x")])
+            do_send_message(
+                room.pk,
+                tenant_id=w.tenant.pk,
+                sender=w.owner_device.device,
+                client_message_id=cid,
+                envelopes=[Envelope(w.agent_device.device.pk, b"x")],
+            )
 
     page = console.get("/admin/messaging/devicequeue/").content.decode()
 

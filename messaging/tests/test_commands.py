@@ -26,28 +26,65 @@ def _run(*args: str) -> str:
 
 def test_create_room_and_manage_members(tenant_a: TenantWorld) -> None:
     w = tenant_a
-    _run("create_room", "--tenant", "alpha", "--name", "ops", "--member", str(w.owner.pk))
-    _run("add_room_member", "--tenant", "alpha", "--room", "ops", "--member", str(w.agent.pk))
+    _run(
+        "create_room", "--tenant", "alpha", "--name", "ops", "--member", str(w.owner.pk)
+    )
+    _run(
+        "add_room_member",
+        "--tenant",
+        "alpha",
+        "--room",
+        "ops",
+        "--member",
+        str(w.agent.pk),
+    )
     with tenant_scope(w.tenant.pk):
         room = Room.objects.get(name="ops")
-        members = set(RoomMembership.objects.filter(room=room).values_list("member_id", flat=True))
+        members = set(
+            RoomMembership.objects.filter(room=room).values_list("member_id", flat=True)
+        )
         assert members == {w.owner.pk, w.agent.pk}
 
-    _run("remove_room_member", "--tenant", "alpha", "--room", str(room.pk),
-         "--member", str(w.owner.pk))
+    _run(
+        "remove_room_member",
+        "--tenant",
+        "alpha",
+        "--room",
+        str(room.pk),
+        "--member",
+        str(w.owner.pk),
+    )
     with tenant_scope(w.tenant.pk):
-        assert list(RoomMembership.objects.values_list("member_id", flat=True)) == [w.agent.pk]
+        assert list(RoomMembership.objects.values_list("member_id", flat=True)) == [
+            w.agent.pk
+        ]
 
 
-def test_commands_cannot_reach_another_tenant(tenant_a: TenantWorld, tenant_b: TenantWorld) -> None:
+def test_commands_cannot_reach_another_tenant(
+    tenant_a: TenantWorld, tenant_b: TenantWorld
+) -> None:
     theirs = make_room(tenant_b.owner, name="theirs")
 
     with pytest.raises(CommandError, match="No room"):
-        _run("add_room_member", "--tenant", "alpha", "--room", str(theirs.pk),
-             "--member", str(tenant_a.agent.pk))
+        _run(
+            "add_room_member",
+            "--tenant",
+            "alpha",
+            "--room",
+            str(theirs.pk),
+            "--member",
+            str(tenant_a.agent.pk),
+        )
     with pytest.raises(CommandError, match="No active member"):
-        _run("create_room", "--tenant", "alpha", "--name", "x",
-             "--member", str(tenant_b.agent.pk))
+        _run(
+            "create_room",
+            "--tenant",
+            "alpha",
+            "--name",
+            "x",
+            "--member",
+            str(tenant_b.agent.pk),
+        )
     with pytest.raises(CommandError, match="No tenant"):
         _run("create_room", "--tenant", "nope", "--name", "x")
 
@@ -57,9 +94,13 @@ def test_list_rooms_shows_queue_depth(tenant_a: TenantWorld) -> None:
     room = make_room(w.owner, w.agent, name="pair")
     with tenant_scope(w.tenant.pk):
         for cid in ("1", "2"):
-            do_send_message(room.pk, tenant_id=w.tenant.pk, sender=w.owner_device.device,
-                            client_message_id=cid,
-                            envelopes=[Envelope(w.agent_device.device.pk, b"x")])
+            do_send_message(
+                room.pk,
+                tenant_id=w.tenant.pk,
+                sender=w.owner_device.device,
+                client_message_id=cid,
+                envelopes=[Envelope(w.agent_device.device.pk, b"x")],
+            )
 
     out = _run("list_rooms", "--tenant", "alpha")
 
@@ -73,8 +114,13 @@ def test_prune_deletes_only_deliveries_past_retention(tenant_a: TenantWorld) -> 
     agent = w.agent_device.device
     with tenant_scope(w.tenant.pk):
         for cid in ("old", "new"):
-            do_send_message(room.pk, tenant_id=w.tenant.pk, sender=w.owner_device.device,
-                            client_message_id=cid, envelopes=[Envelope(agent.pk, b"x")])
+            do_send_message(
+                room.pk,
+                tenant_id=w.tenant.pk,
+                sender=w.owner_device.device,
+                client_message_id=cid,
+                envelopes=[Envelope(agent.pk, b"x")],
+            )
         old = timezone.now() - datetime.timedelta(days=31)
         Message.objects.filter(client_message_id="old").update(created_at=old)
         Delivery.objects.filter(message__client_message_id="old").update(created_at=old)
@@ -84,5 +130,7 @@ def test_prune_deletes_only_deliveries_past_retention(tenant_a: TenantWorld) -> 
     assert "alpha: 1 deliveries and 1 messages older than 30 days deleted" in out
     with tenant_scope(w.tenant.pk):
         assert list(Delivery.objects.values_list("seq", flat=True)) == [2]
-        assert list(Message.objects.values_list("client_message_id", flat=True)) == ["new"]
+        assert list(Message.objects.values_list("client_message_id", flat=True)) == [
+            "new"
+        ]
         assert DeviceQueue.objects.get(device=agent).depth == 1

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import uuid
+from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
 
 from messaging import ratelimit
-from messaging.models import Delivery, DeviceQueue
+from messaging.models import Delivery, DeviceQueue, Room
 from messaging.tests.helpers import as_device, envelope, make_room, post_message
 from tenants.scope import tenant_scope
 from tests.support import TenantWorld
@@ -22,15 +23,21 @@ def _fresh_buckets() -> None:
     ratelimit.reset()
 
 
-def _send(api: APIClient, world: TenantWorld, room: object, n: int) -> list[dict[str, str]]:
+def _send(
+    api: APIClient, world: TenantWorld, room: Room, n: int
+) -> list[dict[str, Any]]:
     as_device(api, world.owner_device.device)
     sent = []
     for _ in range(n):
-        body = {"client_message_id": uuid.uuid4().hex,
-                "envelopes": [envelope(world.agent_device.device)]}
+        body: dict[str, Any] = {
+            "client_message_id": uuid.uuid4().hex,
+            "envelopes": [envelope(world.agent_device.device)],
+        }
         response = post_message(api, room, body)
         assert response.status_code == 201
-        sent.append({**response.json(), "ciphertext": body["envelopes"][0]["ciphertext"]})
+        sent.append(
+            {**response.json(), "ciphertext": body["envelopes"][0]["ciphertext"]}
+        )
     return sent
 
 
@@ -57,7 +64,9 @@ def test_the_inbox_returns_envelopes_in_order_after_a_seq(
     assert base64.b64decode(page[0]["ciphertext"])
 
 
-def test_ack_deletes_up_to_the_seq_and_keeps_the_rest(api: APIClient, tenant_a: TenantWorld) -> None:
+def test_ack_deletes_up_to_the_seq_and_keeps_the_rest(
+    api: APIClient, tenant_a: TenantWorld
+) -> None:
     w = tenant_a
     room = make_room(w.owner, w.agent)
     _send(api, w, room, 4)
@@ -82,7 +91,9 @@ def test_a_device_sees_and_acks_only_its_own_queue(
     as_device(api, tenant_a.agent_device.device)
 
     inbox = api.get("/api/v1/devices/me/inbox").json()
-    ack = api.post("/api/v1/devices/me/inbox/ack", {"up_to_seq": 2}, format="json").json()
+    ack = api.post(
+        "/api/v1/devices/me/inbox/ack", {"up_to_seq": 2}, format="json"
+    ).json()
 
     assert inbox == {"envelopes": []}
     assert ack == {"acked_seq": 0, "deleted": 0}
@@ -91,7 +102,9 @@ def test_a_device_sees_and_acks_only_its_own_queue(
 
 
 @pytest.mark.parametrize("query", ["after=-1", "after=x", "limit=0", "limit=501"])
-def test_bad_paging_is_refused(api: APIClient, tenant_a: TenantWorld, query: str) -> None:
+def test_bad_paging_is_refused(
+    api: APIClient, tenant_a: TenantWorld, query: str
+) -> None:
     as_device(api, tenant_a.agent_device.device)
 
     response = api.get(f"/api/v1/devices/me/inbox?{query}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 import uuid
@@ -10,7 +9,6 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
-from django.db import transaction
 from django.utils import timezone
 
 from agentvault.auth.tokens import get_registry
@@ -18,11 +16,12 @@ from enrollment.models import Device
 from enrollment.signals import device_revoked
 from messaging import ratelimit
 from messaging.actions import Envelope, do_send_message
-from messaging.models import Delivery, DeviceQueue, Room
+from messaging.models import Delivery, Room
 from messaging.tests.helpers import envelope, make_room
 from messaging.tests.relay_client import (
     close_code,
     communicator,
+    db,
     frames_until,
     open_socket,
     send_json,
@@ -38,13 +37,15 @@ def _fresh_buckets() -> None:
     ratelimit.reset()
 
 
-@database_sync_to_async
+@db
 def _room(*members: Any) -> Room:
     return make_room(*members)
 
 
-@database_sync_to_async
-def _store(world: TenantWorld, room: Room, sender: Device, to: list[Device], n: int = 1) -> list[str]:
+@db
+def _store(
+    world: TenantWorld, room: Room, sender: Device, to: list[Device], n: int = 1
+) -> list[str]:
     ids = []
     with tenant_scope(world.tenant.pk):
         for _ in range(n):
@@ -59,7 +60,7 @@ def _store(world: TenantWorld, room: Room, sender: Device, to: list[Device], n: 
     return ids
 
 
-@database_sync_to_async
+@db
 def _revoke(world: TenantWorld, device: Device) -> None:
     with tenant_scope(world.tenant.pk):
         device.status = Device.Status.REVOKED
@@ -68,11 +69,13 @@ def _revoke(world: TenantWorld, device: Device) -> None:
         device_revoked.send(sender=Device, device=device)
 
 
-@database_sync_to_async
+@db
 def _deliveries(world: TenantWorld, device: Device) -> list[int]:
     with tenant_scope(world.tenant.pk):
         return list(
-            Delivery.objects.filter(device=device).order_by("seq").values_list("seq", flat=True)
+            Delivery.objects.filter(device=device)
+            .order_by("seq")
+            .values_list("seq", flat=True)
         )
 
 
@@ -80,7 +83,9 @@ def _deliveries(world: TenantWorld, device: Device) -> list[int]:
 
 
 @pytest.mark.parametrize("via", ["header", "query", "subprotocol"])
-async def test_a_device_token_is_accepted_from_each_place(tenant_a: TenantWorld, via: str) -> None:
+async def test_a_device_token_is_accepted_from_each_place(
+    tenant_a: TenantWorld, via: str
+) -> None:
     device = tenant_a.agent_device.device
     comm, hello = await open_socket(device, via=via, subprotocols=["agentvault.v1"])
 
@@ -100,7 +105,9 @@ async def test_the_token_subprotocol_is_never_echoed(tenant_a: TenantWorld) -> N
 
 
 @pytest.mark.parametrize("token", [None, "not-a-jwt", "eyJhbGciOiJub25lIn0.e30."])
-async def test_a_missing_or_bad_token_closes_with_4401(db: None, token: str | None) -> None:
+async def test_a_missing_or_bad_token_closes_with_4401(
+    db: None, token: str | None
+) -> None:
     comm = communicator(token)
     await comm.connect(timeout=10)
 
@@ -118,7 +125,10 @@ async def test_a_revoked_device_is_refused_with_4403(tenant_a: TenantWorld) -> N
 
 async def test_a_pending_device_is_refused_with_4403(tenant_a: TenantWorld) -> None:
     pending = await database_sync_to_async(
-        lambda: _in_scope(tenant_a, lambda: make_device(tenant_a.agent, status=Device.Status.PENDING).device)
+        lambda: _in_scope(
+            tenant_a,
+            lambda: make_device(tenant_a.agent, status=Device.Status.PENDING).device,
+        )
     )()
     comm = communicator(device_token(pending))
     await comm.connect(timeout=10)
@@ -131,7 +141,9 @@ def _in_scope(world: TenantWorld, fn: Any) -> Any:
         return fn()
 
 
-async def test_the_socket_closes_with_4401_when_its_token_expires(tenant_a: TenantWorld) -> None:
+async def test_the_socket_closes_with_4401_when_its_token_expires(
+    tenant_a: TenantWorld,
+) -> None:
     device = tenant_a.agent_device.device
     lifetime = get_registry().builtin.lifetime
     token, _ = get_registry().builtin.issue(
@@ -152,14 +164,18 @@ async def test_the_socket_closes_with_4401_when_its_token_expires(tenant_a: Tena
 # --- Delivery ----------------------------------------------------------------------
 
 
-async def test_backlog_then_queue_empty_then_live_envelopes(tenant_a: TenantWorld) -> None:
+async def test_backlog_then_queue_empty_then_live_envelopes(
+    tenant_a: TenantWorld,
+) -> None:
     w = tenant_a
     room = await _room(w.owner, w.agent)
     first = await _store(w, room, w.owner_device.device, [w.agent_device.device], n=3)
     comm, _ = await open_socket(w.agent_device.device)
 
     backlog = await frames_until(comm, "queue_empty")
-    live_ids = await _store(w, room, w.owner_device.device, [w.agent_device.device], n=2)
+    live_ids = await _store(
+        w, room, w.owner_device.device, [w.agent_device.device], n=2
+    )
     live = [await comm.receive_json_from(timeout=5) for _ in range(2)]
 
     assert [f["type"] for f in backlog] == ["envelope"] * 3 + ["queue_empty"]
@@ -169,8 +185,14 @@ async def test_backlog_then_queue_empty_then_live_envelopes(tenant_a: TenantWorl
     assert [f["message_id"] for f in live] == live_ids
     entry = live[0]
     assert set(entry) == {
-        "type", "seq", "message_id", "room_id", "sender_device_id",
-        "sender_member_id", "ciphertext", "server_ts",
+        "type",
+        "seq",
+        "message_id",
+        "room_id",
+        "sender_device_id",
+        "sender_member_id",
+        "ciphertext",
+        "server_ts",
     }
     assert entry["room_id"] == str(room.pk)
     assert entry["sender_device_id"] == str(w.owner_device.device.pk)
@@ -179,7 +201,9 @@ async def test_backlog_then_queue_empty_then_live_envelopes(tenant_a: TenantWorl
     await comm.disconnect()
 
 
-async def test_acked_envelopes_are_deleted_and_not_sent_again(tenant_a: TenantWorld) -> None:
+async def test_acked_envelopes_are_deleted_and_not_sent_again(
+    tenant_a: TenantWorld,
+) -> None:
     w = tenant_a
     agent = w.agent_device.device
     room = await _room(w.owner, w.agent)
@@ -200,7 +224,9 @@ async def test_acked_envelopes_are_deleted_and_not_sent_again(tenant_a: TenantWo
     await comm.disconnect()
 
 
-async def test_no_more_than_the_window_is_in_flight(tenant_a: TenantWorld, settings: Any) -> None:
+async def test_no_more_than_the_window_is_in_flight(
+    tenant_a: TenantWorld, settings: Any
+) -> None:
     settings.MESSAGING = {"MAX_IN_FLIGHT": 5}
     w = tenant_a
     agent = w.agent_device.device
@@ -255,7 +281,9 @@ async def test_a_socket_that_does_not_ack_is_closed_with_4408(
 # --- Sending over the socket ---------------------------------------------------------
 
 
-async def test_a_send_frame_is_stored_relayed_and_confirmed(tenant_a: TenantWorld) -> None:
+async def test_a_send_frame_is_stored_relayed_and_confirmed(
+    tenant_a: TenantWorld,
+) -> None:
     w = tenant_a
     room = await _room(w.owner, w.agent)
     owner, _ = await open_socket(w.owner_device.device)
@@ -265,12 +293,20 @@ async def test_a_send_frame_is_stored_relayed_and_confirmed(tenant_a: TenantWorl
 
     env = envelope(w.agent_device.device)
     await send_json(
-        owner, type="send", room_id=str(room.pk), client_message_id="m1", envelopes=[env]
+        owner,
+        type="send",
+        room_id=str(room.pk),
+        client_message_id="m1",
+        envelopes=[env],
     )
     sent = await owner.receive_json_from(timeout=5)
     got = await agent.receive_json_from(timeout=5)
     await send_json(
-        owner, type="send", room_id=str(room.pk), client_message_id="m1", envelopes=[env]
+        owner,
+        type="send",
+        room_id=str(room.pk),
+        client_message_id="m1",
+        envelopes=[env],
     )
     again = await owner.receive_json_from(timeout=5)
 
@@ -292,7 +328,12 @@ async def test_send_refusals_are_error_frames_with_the_rest_codes(
         lambda: _in_scope(w, lambda: make_device(w.owner, name="phone").device)
     )()
     old = await database_sync_to_async(
-        lambda: _in_scope(w, lambda: make_device(w.owner, name="old", status=Device.Status.REVOKED).device)
+        lambda: _in_scope(
+            w,
+            lambda: (
+                make_device(w.owner, name="old", status=Device.Status.REVOKED).device
+            ),
+        )
     )()
     room = await _room(w.owner, w.agent)
     theirs = await _room(tenant_b.owner, tenant_b.agent)
@@ -301,10 +342,14 @@ async def test_send_refusals_are_error_frames_with_the_rest_codes(
 
     async def send(room_id: Any, *devices: Any) -> dict[str, Any]:
         await send_json(
-            agent, type="send", room_id=str(room_id), client_message_id="c",
+            agent,
+            type="send",
+            room_id=str(room_id),
+            client_message_id="c",
             envelopes=[envelope(d) for d in devices],
         )
-        return await agent.receive_json_from(timeout=5)
+        frame: dict[str, Any] = await agent.receive_json_from(timeout=5)
+        return frame
 
     missing = await send(room.pk, w.owner_device.device)
     stale = await send(room.pk, w.owner_device.device, phone, old)
@@ -314,7 +359,9 @@ async def test_send_refusals_are_error_frames_with_the_rest_codes(
     assert missing["type"] == "error" and missing["code"] == "device_mismatch"
     assert missing["fields"] == {"missing": [str(phone.pk)], "extra": []}
     assert missing["client_message_id"] == "c"
-    assert stale["code"] == "stale_devices" and stale["fields"] == {"stale": [str(old.pk)]}
+    assert stale["code"] == "stale_devices" and stale["fields"] == {
+        "stale": [str(old.pk)]
+    }
     assert foreign["code"] == unknown["code"] == "not_found"
     assert {k: v for k, v in foreign.items()} == unknown
     assert await _deliveries(tenant_b, tenant_b.owner_device.device) == []
@@ -334,7 +381,9 @@ async def test_send_refusals_are_error_frames_with_the_rest_codes(
         ('{"type": "ack", "up_to_seq": "3"}', 4400),
     ],
 )
-async def test_malformed_frames_close_with_4400(tenant_a: TenantWorld, frame: str, code: int) -> None:
+async def test_malformed_frames_close_with_4400(
+    tenant_a: TenantWorld, frame: str, code: int
+) -> None:
     comm, _ = await open_socket(tenant_a.agent_device.device)
     await comm.send_to(text_data=frame)
 
@@ -348,14 +397,20 @@ async def test_binary_frames_close_with_4400(tenant_a: TenantWorld) -> None:
     assert await close_code(comm) == 4400
 
 
-async def test_a_frame_over_the_request_limit_closes_with_4413(tenant_a: TenantWorld) -> None:
+async def test_a_frame_over_the_request_limit_closes_with_4413(
+    tenant_a: TenantWorld,
+) -> None:
     comm, _ = await open_socket(tenant_a.agent_device.device)
-    await comm.send_to(text_data='{"type": "ping", "pad": "' + "x" * (256 * 1024) + '"}')
+    await comm.send_to(
+        text_data='{"type": "ping", "pad": "' + "x" * (256 * 1024) + '"}'
+    )
 
     assert await close_code(comm) == 4413
 
 
-async def test_a_frame_flood_closes_with_4429(tenant_a: TenantWorld, settings: Any) -> None:
+async def test_a_frame_flood_closes_with_4429(
+    tenant_a: TenantWorld, settings: Any
+) -> None:
     settings.MESSAGING = {"FRAME_RATE": 1.0, "FRAME_BURST": 3}
     comm, _ = await open_socket(tenant_a.agent_device.device)
     for _ in range(5):
@@ -377,7 +432,9 @@ async def test_a_newer_socket_of_the_device_replaces_the_older_with_4409(
     await second.disconnect()
 
 
-async def test_revocation_closes_the_socket_purges_and_tells_peers(tenant_a: TenantWorld) -> None:
+async def test_revocation_closes_the_socket_purges_and_tells_peers(
+    tenant_a: TenantWorld,
+) -> None:
     w = tenant_a
     agent_device = w.agent_device.device
     room = await _room(w.owner, w.agent)
@@ -404,7 +461,7 @@ async def test_a_revocation_missed_by_the_channel_layer_is_found_on_the_next_fra
     device = w.agent_device.device
     comm, _ = await open_socket(device)
 
-    @database_sync_to_async
+    @db
     def revoke_silently() -> None:
         with tenant_scope(w.tenant.pk):
             Device.objects.filter(pk=device.pk).update(status=Device.Status.REVOKED)
@@ -420,7 +477,13 @@ async def test_a_frame_of_another_tenant_room_reveals_nothing(
 ) -> None:
     """A device of tenant B acks and pings in its own scope only."""
     theirs = await _room(tenant_b.owner, tenant_b.agent)
-    await _store(tenant_b, theirs, tenant_b.owner_device.device, [tenant_b.agent_device.device], n=2)
+    await _store(
+        tenant_b,
+        theirs,
+        tenant_b.owner_device.device,
+        [tenant_b.agent_device.device],
+        n=2,
+    )
     comm, hello = await open_socket(tenant_a.agent_device.device)
     frames = await frames_until(comm, "queue_empty")
     await send_json(comm, type="ack", up_to_seq=2)

@@ -9,17 +9,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from channels.db import database_sync_to_async
 
-from messaging.models import Delivery, Message
+from messaging.models import Delivery
 from messaging.tests import cluster
 from messaging.tests.helpers import make_room
-from messaging.tests.net_client import close_code, open_relay, recv_json, rest, send_frame
+from messaging.tests.net_client import (
+    open_relay,
+    recv_json,
+    rest,
+    send_frame,
+)
+from messaging.tests.relay_client import db
 from tenants.scope import tenant_scope
 from tests.support import TenantWorld
 
@@ -31,23 +35,27 @@ pytestmark = [
 
 REDIS = cluster.redis_url()
 if REDIS is None:
-    pytestmark.append(pytest.mark.skip(reason="no Redis at REDIS_URL or 127.0.0.1:6379"))
+    pytestmark.append(
+        pytest.mark.skip(reason="no Redis at REDIS_URL or 127.0.0.1:6379")
+    )
 
 
 @pytest.fixture(scope="module")
-def workers(django_db_setup: None, django_db_blocker: Any) -> Iterator[list[cluster.Worker]]:
+def workers(
+    django_db_setup: None, django_db_blocker: Any
+) -> Iterator[list[cluster.Worker]]:
     assert REDIS is not None
     with django_db_blocker.unblock():
         with cluster.relay_cluster(2, cluster.layer_url(REDIS)) as running:
             yield running
 
 
-@database_sync_to_async
+@db
 def _room(*members: Any) -> Any:
     return make_room(*members)
 
 
-async def test_owner_and_agent_on_different_workers_exchange_messages_and_revocation_closes_4403(
+async def test_owner_and_agent_on_two_workers_talk_and_revocation_closes_4403(
     workers: list[cluster.Worker], tenant_a: TenantWorld
 ) -> None:
     w = tenant_a
@@ -67,7 +75,9 @@ async def test_owner_and_agent_on_different_workers_exchange_messages_and_revoca
     await agent.send(send_frame(room.pk, [w.owner_device.device], cid="a1"))
     reply_sent = await recv_json(agent)
     reply = await recv_json(owner)
-    assert reply["type"] == "envelope" and reply["message_id"] == reply_sent["message_id"]
+    assert (
+        reply["type"] == "envelope" and reply["message_id"] == reply_sent["message_id"]
+    )
 
     # A sender keeps sending to the agent while an admin revokes it on worker 1.
     accepted: list[tuple[float, str]] = []
@@ -78,7 +88,9 @@ async def test_owner_and_agent_on_different_workers_exchange_messages_and_revoca
         async with rest(one.http, w.owner_device.device) as client:
             while not stop.is_set():
                 body = json.loads(send_frame(room.pk, [w.agent_device.device]))
-                response = await client.post(f"/api/v1/rooms/{room.pk}/messages", json=body)
+                response = await client.post(
+                    f"/api/v1/rooms/{room.pk}/messages", json=body
+                )
                 if response.status_code == 201:
                     accepted.append((time.monotonic(), response.json()["message_id"]))
                 else:
@@ -104,7 +116,9 @@ async def test_owner_and_agent_on_different_workers_exchange_messages_and_revoca
     await asyncio.sleep(0.5)
     async with rest(one.http, w.admin_device.device) as admin:
         started = time.monotonic()
-        response = await admin.post(f"/api/v1/devices/{w.agent_device.device.pk}/revoke")
+        response = await admin.post(
+            f"/api/v1/devices/{w.agent_device.device.pk}/revoke"
+        )
         revoked_at = time.monotonic()
     assert response.status_code == 200, one.log()[-8000:]
     code = await asyncio.wait_for(reader, 5)
@@ -119,7 +133,7 @@ async def test_owner_and_agent_on_different_workers_exchange_messages_and_revoca
     assert all(at < revoked_at for at, _ in accepted)
     assert set(received) <= {mid for _, mid in accepted}
 
-    @database_sync_to_async
+    @db
     def queued_for_agent() -> int:
         with tenant_scope(w.tenant.pk):
             return Delivery.objects.filter(device=w.agent_device.device).count()

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from channels.db import database_sync_to_async
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from enrollment.models import Device
@@ -33,6 +32,7 @@ from messaging.models import Delivery, Message
 from messaging.tests import cluster
 from messaging.tests.helpers import envelope, make_room
 from messaging.tests.net_client import open_relay, recv_json, rest
+from messaging.tests.relay_client import db
 from tenants.scope import tenant_scope
 from tests.support import TenantWorld, make_device
 
@@ -44,7 +44,9 @@ pytestmark = [
 
 REDIS = cluster.redis_url()
 if REDIS is None:
-    pytestmark.append(pytest.mark.skip(reason="no Redis at REDIS_URL or 127.0.0.1:6379"))
+    pytestmark.append(
+        pytest.mark.skip(reason="no Redis at REDIS_URL or 127.0.0.1:6379")
+    )
 
 
 @pytest.fixture
@@ -53,18 +55,18 @@ def unblocked(django_db_blocker: Any) -> Iterator[None]:
         yield
 
 
-@database_sync_to_async
+@db
 def _room(*members: Any) -> Any:
     return make_room(*members)
 
 
-@database_sync_to_async
+@db
 def _extra_device(world: TenantWorld, member: Any, name: str) -> Device:
     with tenant_scope(world.tenant.pk):
         return make_device(member, name=name).device
 
 
-@database_sync_to_async
+@db
 def _stored_for(world: TenantWorld, device: Device) -> dict[str, int]:
     """Return message id -> seq of every delivery ever stored for ``device``."""
     with tenant_scope(world.tenant.pk):
@@ -76,11 +78,12 @@ def _stored_for(world: TenantWorld, device: Device) -> dict[str, int]:
         }
 
 
-@database_sync_to_async
+@db
 def _messages_in(world: TenantWorld, room: Any) -> set[str]:
     with tenant_scope(world.tenant.pk):
         return {
-            str(mid) for mid in Message.objects.filter(room=room).values_list("pk", flat=True)
+            str(mid)
+            for mid in Message.objects.filter(room=room).values_list("pk", flat=True)
         }
 
 
@@ -105,7 +108,11 @@ class Receiver:
         if previous_in_connection is not None:
             assert seq == previous_in_connection + 1, (previous_in_connection, seq)
         else:
-            assert seq <= self.processed + 1, ("gap after reconnect", self.processed, seq)
+            assert seq <= self.processed + 1, (
+                "gap after reconnect",
+                self.processed,
+                seq,
+            )
         if seq in self.by_seq:
             assert self.by_seq[seq] == frame["message_id"], "seq reused"
             self.duplicates += 1
@@ -121,7 +128,12 @@ async def test_200_messages_from_4_senders_survive_20_reconnects(
     assert REDIS is not None
     phone = await _extra_device(w, w.owner, "phone")
     room = await _room(w.owner, w.admin, w.member, w.agent)
-    senders = [w.owner_device.device, phone, w.admin_device.device, w.member_device.device]
+    senders = [
+        w.owner_device.device,
+        phone,
+        w.admin_device.device,
+        w.member_device.device,
+    ]
     target = w.agent_device.device
     everyone = [*senders, target]
 
@@ -133,7 +145,9 @@ async def test_200_messages_from_4_senders_survive_20_reconnects(
             async with rest(workers[index % 2].http, device) as client:
                 for _ in range(50):
                     body = _body(room.pk, others)
-                    response = await client.post(f"/api/v1/rooms/{room.pk}/messages", json=body)
+                    response = await client.post(
+                        f"/api/v1/rooms/{room.pk}/messages", json=body
+                    )
                     assert response.status_code == 201, response.text
                     sent_ids.append(response.json()["message_id"])
                     await asyncio.sleep(random.uniform(0.005, 0.03))
@@ -161,7 +175,9 @@ async def test_200_messages_from_4_senders_survive_20_reconnects(
                         previous = int(frame["seq"])
                         # Acks are sometimes left unsent, to force redelivery.
                         if random.random() < 0.7:
-                            await ws.send(json.dumps({"type": "ack", "up_to_seq": previous}))
+                            await ws.send(
+                                json.dumps({"type": "ack", "up_to_seq": previous})
+                            )
                         budget -= 1
                         if churning and budget == 0:
                             break
@@ -178,15 +194,19 @@ async def test_200_messages_from_4_senders_survive_20_reconnects(
 
         try:
             await asyncio.wait_for(
-                asyncio.gather(receive(), *(sender(i, d) for i, d in enumerate(senders))),
+                asyncio.gather(
+                    receive(), *(sender(i, d) for i, d in enumerate(senders))
+                ),
                 timeout=90,
             )
         except TimeoutError:
             raise AssertionError(
                 f"stalled: sent {len(sent_ids)}, received {len(receiver.by_seq)}, "
                 f"connections {receiver.connections}, last {receiver.processed}\n"
-                + " | ".join(trace) + "\n"
-                + workers[0].log()[-3000:] + workers[1].log()[-3000:]
+                + " | ".join(trace)
+                + "\n"
+                + workers[0].log()[-3000:]
+                + workers[1].log()[-3000:]
             ) from None
 
     assert receiver.connections > 20
@@ -274,11 +294,16 @@ async def test_a_redis_restart_mid_stream_loses_nothing_committed(
                         ws, _ = await open_relay(workers[1].ws, w.owner_device.device)
                         while not stop_sending.is_set():
                             cid = uuid.uuid4().hex
-                            await ws.send(json.dumps({
-                                "type": "send", "room_id": str(room.pk),
-                                "client_message_id": cid,
-                                "envelopes": [envelope(target)],
-                            }))
+                            await ws.send(
+                                json.dumps(
+                                    {
+                                        "type": "send",
+                                        "room_id": str(room.pk),
+                                        "client_message_id": cid,
+                                        "envelopes": [envelope(target)],
+                                    }
+                                )
+                            )
                             while True:
                                 frame = await recv_json(ws, timeout=5)
                                 if frame["type"] == "sent":
@@ -302,9 +327,14 @@ async def test_a_redis_restart_mid_stream_loses_nothing_committed(
                             frame = await recv_json(ws, timeout=1)
                             if frame["type"] == "envelope":
                                 seq = int(frame["seq"])
-                                assert received.get(seq, frame["message_id"]) == frame["message_id"]
+                                assert (
+                                    received.get(seq, frame["message_id"])
+                                    == frame["message_id"]
+                                )
                                 received[seq] = frame["message_id"]
-                                await ws.send(json.dumps({"type": "ack", "up_to_seq": seq}))
+                                await ws.send(
+                                    json.dumps({"type": "ack", "up_to_seq": seq})
+                                )
                     except (ConnectionClosed, InvalidStatus, OSError, TimeoutError):
                         if until.is_set():
                             return
@@ -348,14 +378,17 @@ async def test_a_client_that_never_reads_is_closed_4408_with_bounded_memory(
     target = w.agent_device.device
     count, size = 800, 96 * 1024
 
-    @database_sync_to_async
+    @db
     def backlog() -> None:
         payload = os.urandom(size)
         with tenant_scope(w.tenant.pk):
             for n in range(count):
                 do_send_message(
-                    room.pk, tenant_id=w.tenant.pk, sender=w.owner_device.device,
-                    client_message_id=f"b{n}", envelopes=[Envelope(target.pk, payload)],
+                    room.pk,
+                    tenant_id=w.tenant.pk,
+                    sender=w.owner_device.device,
+                    client_message_id=f"b{n}",
+                    envelopes=[Envelope(target.pk, payload)],
                 )
 
     await backlog()

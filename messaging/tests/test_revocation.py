@@ -32,9 +32,14 @@ def test_fifty_queued_envelopes_are_purged_and_later_sends_refused(
     with tenant_scope(w.tenant.pk):
         for n in range(50):
             do_send_message(
-                room.pk, tenant_id=w.tenant.pk, sender=w.owner_device.device,
+                room.pk,
+                tenant_id=w.tenant.pk,
+                sender=w.owner_device.device,
                 client_message_id=str(n),
-                envelopes=[Envelope(agent.pk, b"x"), Envelope(w.member_device.device.pk, b"y")],
+                envelopes=[
+                    Envelope(agent.pk, b"x"),
+                    Envelope(w.member_device.device.pk, b"y"),
+                ],
             )
         assert Delivery.objects.filter(device=agent).count() == 50
 
@@ -77,9 +82,13 @@ def test_a_rolled_back_revocation_purges_nothing(tenant_a: TenantWorld) -> None:
     agent = w.agent_device.device
     room = make_room(w.owner, w.agent)
     with tenant_scope(w.tenant.pk):
-        do_send_message(room.pk, tenant_id=w.tenant.pk, sender=w.owner_device.device,
-                        client_message_id=uuid.uuid4().hex,
-                        envelopes=[Envelope(agent.pk, b"x")])
+        do_send_message(
+            room.pk,
+            tenant_id=w.tenant.pk,
+            sender=w.owner_device.device,
+            client_message_id=uuid.uuid4().hex,
+            envelopes=[Envelope(agent.pk, b"x")],
+        )
 
     with pytest.raises(RuntimeError), tenant_scope(w.tenant.pk), transaction.atomic():
         device_revoked.send(sender=type(agent), device=agent)

@@ -6,13 +6,14 @@ import pytest
 
 from messaging.models import Room, RoomMembership
 from messaging.rooms import members_share_room
+from tenants.models import Member
 from tenants.scope import tenant_scope
 from tests.support import TenantWorld
 
 pytestmark = pytest.mark.django_db
 
 
-def _room(world: TenantWorld, *members: object) -> Room:
+def _room(world: TenantWorld, *members: Member) -> Room:
     room = Room.objects.create(tenant=world.tenant, name="r")
     for member in members:
         RoomMembership.objects.create(tenant=world.tenant, room=room, member=member)

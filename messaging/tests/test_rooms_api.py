@@ -18,7 +18,9 @@ from tests.support import TenantWorld, make_device
 pytestmark = pytest.mark.django_db
 
 
-def test_members_and_agents_list_only_their_rooms(api: APIClient, tenant_a: TenantWorld) -> None:
+def test_members_and_agents_list_only_their_rooms(
+    api: APIClient, tenant_a: TenantWorld
+) -> None:
     w = tenant_a
     mine = make_room(w.owner, w.agent, name="mine")
     make_room(w.owner, w.member, name="other")
@@ -50,7 +52,9 @@ def test_admins_list_every_room_of_their_tenant_only(
     assert names == ["a1", "a2"]
 
 
-def test_an_admin_creates_a_room_with_an_audit_event(api: APIClient, tenant_a: TenantWorld) -> None:
+def test_an_admin_creates_a_room_with_an_audit_event(
+    api: APIClient, tenant_a: TenantWorld
+) -> None:
     w = tenant_a
     as_device(api, w.admin_device.device)
 
@@ -77,7 +81,9 @@ def test_non_admins_cannot_create_rooms_or_change_members(
         as_device(api, device)
         created = api.post("/api/v1/rooms", {"name": "x"}, format="json")
         added = api.post(
-            f"/api/v1/rooms/{room.pk}/members", {"member_id": str(w.member.pk)}, format="json"
+            f"/api/v1/rooms/{room.pk}/members",
+            {"member_id": str(w.member.pk)},
+            format="json",
         )
         assert created.status_code == 403
         assert added.status_code in (403, 404)
@@ -93,13 +99,19 @@ def test_members_of_another_tenant_cannot_be_added(
     as_device(api, w.admin_device.device)
 
     foreign = api.post(
-        f"/api/v1/rooms/{room.pk}/members", {"member_id": str(tenant_b.agent.pk)}, format="json"
+        f"/api/v1/rooms/{room.pk}/members",
+        {"member_id": str(tenant_b.agent.pk)},
+        format="json",
     )
     missing = api.post(
-        f"/api/v1/rooms/{room.pk}/members", {"member_id": str(uuid.uuid4())}, format="json"
+        f"/api/v1/rooms/{room.pk}/members",
+        {"member_id": str(uuid.uuid4())},
+        format="json",
     )
     create = api.post(
-        "/api/v1/rooms", {"name": "x", "members": [str(tenant_b.agent.pk)]}, format="json"
+        "/api/v1/rooms",
+        {"name": "x", "members": [str(tenant_b.agent.pk)]},
+        format="json",
     )
 
     assert foreign.status_code == missing.status_code == create.status_code == 404
@@ -130,7 +142,9 @@ def test_rooms_of_another_tenant_answer_like_missing_ones(
         assert RoomMembership.objects.filter(room=theirs).count() == 2
 
 
-def test_adding_and_removing_members_is_audited(api: APIClient, tenant_a: TenantWorld) -> None:
+def test_adding_and_removing_members_is_audited(
+    api: APIClient, tenant_a: TenantWorld
+) -> None:
     w = tenant_a
     room = make_room(w.owner)
     as_device(api, w.admin_device.device)
@@ -144,7 +158,9 @@ def test_adding_and_removing_members_is_audited(api: APIClient, tenant_a: Tenant
     assert (added.status_code, again.status_code) == (201, 200)
     assert (removed.status_code, gone.status_code) == (204, 404)
     with tenant_scope(w.tenant.pk):
-        actions = list(AuditEvent.objects.order_by("id").values_list("action", flat=True))
+        actions = list(
+            AuditEvent.objects.order_by("id").values_list("action", flat=True)
+        )
         assert actions == ["room.member_added", "room.member_removed"]
 
 
@@ -167,7 +183,9 @@ def test_room_devices_lists_active_devices_with_identity_keys(
         str(w.agent_device.device.pk),
     }
     agent = next(d for d in devices if d["device_id"] == str(w.agent_device.device.pk))
-    assert base64.b64decode(agent["identity_key"]) == bytes(w.agent_device.device.identity_key)
+    assert base64.b64decode(agent["identity_key"]) == bytes(
+        w.agent_device.device.identity_key
+    )
     assert agent["member_id"] == str(w.agent.pk)
     assert "queue_depth" not in agent
 
@@ -185,19 +203,28 @@ def test_room_devices_of_a_room_the_caller_is_not_in_is_not_found(
     assert response.json()["code"] == "not_found"
 
 
-def test_admins_see_queue_depth_per_device(api: APIClient, tenant_a: TenantWorld) -> None:
+def test_admins_see_queue_depth_per_device(
+    api: APIClient, tenant_a: TenantWorld
+) -> None:
     w = tenant_a
     room = make_room(w.owner, w.agent)
     as_device(api, w.owner_device.device)
     for _ in range(2):
         api.post(
             f"/api/v1/rooms/{room.pk}/messages",
-            {"client_message_id": uuid.uuid4().hex,
-             "envelopes": [{"device_id": str(w.agent_device.device.pk), "ciphertext": "AA=="}]},
+            {
+                "client_message_id": uuid.uuid4().hex,
+                "envelopes": [
+                    {"device_id": str(w.agent_device.device.pk), "ciphertext": "AA=="}
+                ],
+            },
             format="json",
         )
 
     response = api.get(f"/api/v1/rooms/{room.pk}/devices")
 
     depths = {d["device_id"]: d["queue_depth"] for d in response.json()["devices"]}
-    assert depths == {str(w.agent_device.device.pk): 2, str(w.owner_device.device.pk): 0}
+    assert depths == {
+        str(w.agent_device.device.pk): 2,
+        str(w.owner_device.device.pk): 0,
+    }

@@ -14,7 +14,13 @@ from messaging import ratelimit
 from messaging.actions import Envelope, do_send_message
 from messaging.errors import RecipientQueueFullError
 from messaging.models import Delivery, DeviceQueue, Message
-from messaging.tests.helpers import as_device, envelope, make_room, post_message, send_body
+from messaging.tests.helpers import (
+    as_device,
+    envelope,
+    make_room,
+    post_message,
+    send_body,
+)
 from tenants.scope import tenant_scope
 from tests.support import TenantWorld, make_device
 
@@ -45,16 +51,21 @@ def test_it_stores_one_delivery_per_recipient_device(
 
     assert response.status_code == 201, response.json()
     with tenant_scope(w.tenant.pk):
-        rows = list(Delivery.objects.order_by("device_id").values_list("device_id", "seq"))
-        assert sorted(rows) == sorted([(w.agent_device.device.pk, 1), (owner_phone.pk, 1)])
+        rows = list(
+            Delivery.objects.order_by("device_id").values_list("device_id", "seq")
+        )
+        assert sorted(rows) == sorted(
+            [(w.agent_device.device.pk, 1), (owner_phone.pk, 1)]
+        )
         message = Message.objects.get()
         assert str(message.pk) == response.json()["message_id"]
         assert message.sender_device_id == w.owner_device.device.pk
         sent = {e["device_id"]: e["ciphertext"] for e in body["envelopes"]}
         stored = Delivery.objects.get(device=w.agent_device.device)
-        assert base64.b64encode(bytes(stored.ciphertext)).decode() == sent[
-            str(w.agent_device.device.pk)
-        ]
+        assert (
+            base64.b64encode(bytes(stored.ciphertext)).decode()
+            == sent[str(w.agent_device.device.pk)]
+        )
 
 
 def test_sequence_numbers_are_per_device_and_gap_free(
@@ -135,7 +146,9 @@ def test_a_send_to_a_revoked_device_is_refused_as_stale(
     assert _counts(w) == (0, 0)
 
 
-def test_pending_devices_are_not_recipients(api: APIClient, tenant_a: TenantWorld) -> None:
+def test_pending_devices_are_not_recipients(
+    api: APIClient, tenant_a: TenantWorld
+) -> None:
     w = tenant_a
     with tenant_scope(w.tenant.pk):
         pending = make_device(w.agent, name="new", status=Device.Status.PENDING).device
@@ -263,11 +276,17 @@ def test_duplicate_envelopes_for_one_device_are_refused(
         ({"client_message_id": "", "envelopes": []}, "client_message_id"),
         ({"client_message_id": "x" * 65, "envelopes": []}, "client_message_id"),
         ({"client_message_id": "a", "envelopes": {}}, "envelopes"),
-        ({"client_message_id": "a", "envelopes": [{"device_id": "nope"}]},
-         "envelopes.device_id"),
-        ({"client_message_id": "a",
-          "envelopes": [{"device_id": str(uuid.uuid4()), "ciphertext": "!!"}]},
-         "envelopes.ciphertext"),
+        (
+            {"client_message_id": "a", "envelopes": [{"device_id": "nope"}]},
+            "envelopes.device_id",
+        ),
+        (
+            {
+                "client_message_id": "a",
+                "envelopes": [{"device_id": str(uuid.uuid4()), "ciphertext": "!!"}],
+            },
+            "envelopes.ciphertext",
+        ),
     ],
 )
 def test_malformed_sends_are_refused(
@@ -284,13 +303,20 @@ def test_malformed_sends_are_refused(
     assert list(response.json()["fields"]) == [field]
 
 
-def test_a_ciphertext_over_96_kib_is_refused(api: APIClient, tenant_a: TenantWorld) -> None:
+def test_a_ciphertext_over_96_kib_is_refused(
+    api: APIClient, tenant_a: TenantWorld
+) -> None:
     w = tenant_a
     room = make_room(w.owner, w.agent)
     as_device(api, w.owner_device.device)
-    ok = {"client_message_id": "ok", "envelopes": [envelope(w.agent_device.device, 96 * 1024)]}
-    big = {"client_message_id": "big",
-           "envelopes": [envelope(w.agent_device.device, 96 * 1024 + 1)]}
+    ok = {
+        "client_message_id": "ok",
+        "envelopes": [envelope(w.agent_device.device, 96 * 1024)],
+    }
+    big = {
+        "client_message_id": "big",
+        "envelopes": [envelope(w.agent_device.device, 96 * 1024 + 1)],
+    }
 
     assert post_message(api, room, ok).status_code == 201
     response = post_message(api, room, big)
@@ -300,14 +326,19 @@ def test_a_ciphertext_over_96_kib_is_refused(api: APIClient, tenant_a: TenantWor
     assert _counts(w) == (1, 1)
 
 
-def test_a_request_over_256_kib_is_refused(api: APIClient, tenant_a: TenantWorld) -> None:
+def test_a_request_over_256_kib_is_refused(
+    api: APIClient, tenant_a: TenantWorld
+) -> None:
     w = tenant_a
     devices = [w.agent_device.device]
     with tenant_scope(w.tenant.pk):
         devices += [make_device(w.agent, name=f"d{i}").device for i in range(2)]
     room = make_room(w.owner, w.agent)
     as_device(api, w.owner_device.device)
-    body = {"client_message_id": "big", "envelopes": [envelope(d, 90 * 1024) for d in devices]}
+    body = {
+        "client_message_id": "big",
+        "envelopes": [envelope(d, 90 * 1024) for d in devices],
+    }
 
     response = post_message(api, room, body)
 
@@ -326,11 +357,21 @@ def test_a_full_recipient_queue_refuses_the_send_and_stores_nothing(
     target = [Envelope(w.agent_device.device.pk, b"x")]
     with tenant_scope(w.tenant.pk):
         for cid in ("1", "2"):
-            do_send_message(room.pk, tenant_id=w.tenant.pk, sender=sender,
-                            client_message_id=cid, envelopes=target)
+            do_send_message(
+                room.pk,
+                tenant_id=w.tenant.pk,
+                sender=sender,
+                client_message_id=cid,
+                envelopes=target,
+            )
         with pytest.raises(RecipientQueueFullError) as refused:
-            do_send_message(room.pk, tenant_id=w.tenant.pk, sender=sender,
-                            client_message_id="3", envelopes=target)
+            do_send_message(
+                room.pk,
+                tenant_id=w.tenant.pk,
+                sender=sender,
+                client_message_id="3",
+                envelopes=target,
+            )
         assert refused.value.fields == {"devices": [str(w.agent_device.device.pk)]}
         assert Message.objects.count() == Delivery.objects.count() == 2
         assert DeviceQueue.objects.get(device=w.agent_device.device).last_seq == 2
@@ -357,7 +398,9 @@ def test_a_full_recipient_queue_answers_507_and_stores_nothing(
     assert ack.status_code == 200, ack.content
     as_device(api, w.owner_device.device)
 
-    response = post_message(api, room, send_body(w.agent_device.device, w.member_device.device))
+    response = post_message(
+        api, room, send_body(w.agent_device.device, w.member_device.device)
+    )
 
     assert response.status_code == 507
     assert response.json()["code"] == "recipient_queue_full"

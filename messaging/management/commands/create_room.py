@@ -32,7 +32,10 @@ class Command(BaseCommand):
             with tenant_scope(tenant.pk):
                 members = [load_member(value) for value in options["member"]]
                 room = actions.do_create_room(
-                    options["name"], tenant_id=tenant.pk, members=members, acting=OPERATOR
+                    options["name"],
+                    tenant_id=tenant.pk,
+                    members=members,
+                    acting=OPERATOR,
                 )
         publish(collected)
         self.stdout.write(f"Room {room.pk} ({room.name}) with {len(members)} members.")
