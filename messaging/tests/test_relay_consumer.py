@@ -493,3 +493,36 @@ async def test_a_frame_of_another_tenant_room_reveals_nothing(
     assert frames == [{"type": "queue_empty"}]
     assert await _deliveries(tenant_b, tenant_b.agent_device.device) == [1, 2]
     await comm.disconnect()
+
+
+async def test_peers_hear_devices_changed_on_approval_and_membership_changes(
+    tenant_a: TenantWorld,
+) -> None:
+    from enrollment.actions import do_approve_device
+    from messaging.actions import do_add_room_member
+
+    w = tenant_a
+    room = await _room(w.owner, w.agent)
+    owner, _ = await open_socket(w.owner_device.device)
+    await frames_until(owner, "queue_empty")
+
+    @db
+    def approve_new_agent_device() -> None:
+        with tenant_scope(w.tenant.pk):
+            pending = make_device(w.agent, name="new", status=Device.Status.PENDING)
+        do_approve_device(pending.device, acting=w.admin)
+
+    @db
+    def add_member() -> None:
+        with tenant_scope(w.tenant.pk):
+            do_add_room_member(room, w.member, acting=w.admin)
+
+    await approve_new_agent_device()
+    approved = await owner.receive_json_from(timeout=5)
+    await add_member()
+    added = await owner.receive_json_from(timeout=5)
+
+    expected = {"type": "devices_changed", "room_id": str(room.pk)}
+    assert approved == expected
+    assert added == expected
+    await owner.disconnect()

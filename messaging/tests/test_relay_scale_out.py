@@ -160,3 +160,22 @@ async def test_an_idle_socket_survives_the_channel_layer_poll_timeout(
     assert response.status_code == 201
     assert frame["message_id"] == response.json()["message_id"]
     await agent.close()
+
+
+async def test_a_query_string_token_never_reaches_the_worker_log(
+    workers: list[cluster.Worker], tenant_a: TenantWorld
+) -> None:
+    from websockets.asyncio.client import connect
+
+    from tests.support import device_token
+
+    token = device_token(tenant_a.agent_device.device)
+    url = f"{workers[0].ws}?token={token}"
+    async with connect(url, origin="http://127.0.0.1", open_timeout=10) as ws:  # type: ignore[arg-type]
+        hello = json.loads(await ws.recv())
+    await asyncio.sleep(0.3)
+
+    assert hello["type"] == "hello"
+    assert "/ws/v1/relay" in workers[0].log()
+    assert token not in workers[0].log()
+    assert token.split(".")[2] not in workers[0].log()
