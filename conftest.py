@@ -38,7 +38,7 @@ def _truncate_as_owner(self: TransactionTestCase) -> None:
             cursor.execute(f"ALTER TABLE audit_auditevent ENABLE TRIGGER {trigger}")
 
 
-TransactionTestCase._fixture_teardown = _truncate_as_owner  # type: ignore[method-assign]
+TransactionTestCase._fixture_teardown = _truncate_as_owner  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +56,6 @@ def django_db_setup(
             verbosity=request.config.option.verbose,
             interactive=False,
             keepdb=django_db_keepdb,
-            aliases=["default"],
         )
 
     yield

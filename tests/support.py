@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import uuid
 
 from nacl.signing import SigningKey
 
@@ -94,11 +93,19 @@ def make_tenant_world(slug: str) -> TenantWorld:
             kind=Member.Kind.AGENT,
             role=Member.Role.AGENT,
         )
-        devices = [make_device(m) for m in (owner, admin, member, agent)]
+        owner_device, admin_device, member_device, agent_device = (
+            make_device(m) for m in (owner, admin, member, agent)
+        )
 
-    return TenantWorld(tenant, owner, admin, member, agent, *devices, console_user)
-
-
-def new_uuid() -> uuid.UUID:
-    """Return a fresh random UUID."""
-    return uuid.uuid4()
+    return TenantWorld(
+        tenant=tenant,
+        owner=owner,
+        admin=admin,
+        member=member,
+        agent=agent,
+        owner_device=owner_device,
+        admin_device=admin_device,
+        member_device=member_device,
+        agent_device=agent_device,
+        console_user=console_user,
+    )
