@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 import audit
@@ -312,6 +312,16 @@ def _advance_queues(
     return {device: seq for device, seq, _ in rows}
 
 
+_INSERT_MESSAGE_SQL = """
+INSERT INTO messaging_message
+       (id, tenant_id, room_id, sender_device_id, sender_member_id,
+        client_message_id, created_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (sender_device_id, client_message_id) DO NOTHING
+RETURNING id
+"""
+
+
 def do_send_message(
     room_id: uuid.UUID,
     *,
@@ -323,53 +333,53 @@ def do_send_message(
     """Store a message and one delivery per recipient device, atomically.
 
     The caller has checked that ``sender`` is active and a member of the
-    room. Each delivery takes the next gap-free sequence number of its
-    device; the wake-ups go out after commit. A repeat of the same
-    ``client_message_id`` from the same device returns the first result and
-    stores nothing.
+    room (only its ``pk`` and ``member_id`` are used). Each delivery takes
+    the next gap-free sequence number of its device; the wake-ups go out
+    after commit. A repeat of the same ``client_message_id`` from the same
+    device returns the first result and stores nothing.
     """
-    previous = _previous_send(sender.pk, client_message_id)
-    if previous is not None:
-        return previous
-
     with transaction.atomic():
-        _check_recipients(room_id, sender.pk, envelopes)
-
+        # The message row first: a repeat of the client id conflicts on the
+        # unique index (waiting for a concurrent first attempt to finish) and
+        # answers with the first result, whatever the room holds now.
         now = timezone.now()
-        try:
-            with transaction.atomic():
-                message = Message.objects.create(
-                    tenant_id=tenant_id,
-                    room_id=room_id,
-                    sender_device_id=sender.pk,
-                    sender_member_id=sender.member_id,
-                    client_message_id=client_message_id,
-                    created_at=now,
-                )
-        except IntegrityError:
-            # A concurrent send with the same id won the race; answer with it.
+        message_id = uuid.uuid4()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _INSERT_MESSAGE_SQL,
+                [
+                    message_id,
+                    tenant_id,
+                    room_id,
+                    sender.pk,
+                    sender.member_id,
+                    client_message_id,
+                    now,
+                ],
+            )
+            inserted = cursor.fetchone()
+        if inserted is None:
             previous = _previous_send(sender.pk, client_message_id)
-            if previous is None:
-                raise
+            assert previous is not None
             return previous
+
+        # Locks the recipients' device rows: a revocation either committed
+        # before (the device is refused as stale) or waits for this send and
+        # then purges what it stored. A refusal rolls the message back too.
+        _check_recipients(room_id, sender.pk, envelopes)
 
         recipients = [envelope.device_id for envelope in envelopes]
         sequence = _advance_queues(tenant_id, recipients) if recipients else {}
-
-        # The queue rows are now locked: a revocation that committed after
-        # the recipient check is visible to this new statement, and one that
-        # has not committed yet waits for this transaction and then purges.
-        stale = _stale(recipients)
-        if stale:
-            raise StaleDevicesError(fields={"stale": [str(d) for d in stale]})
-
         Delivery.objects.bulk_create(
             [
                 Delivery(
                     tenant_id=tenant_id,
                     device_id=envelope.device_id,
                     seq=sequence[envelope.device_id],
-                    message=message,
+                    message_id=message_id,
+                    room_id=room_id,
+                    sender_device_id=sender.pk,
+                    sender_member_id=sender.member_id,
                     ciphertext=envelope.ciphertext,
                     created_at=now,
                 )
@@ -380,8 +390,8 @@ def do_send_message(
             [events.wake(device, seq) for device, seq in sorted(sequence.items())]
         )
 
-    logger.debug("Stored message %s for %d devices", message.pk, len(envelopes))
-    return SendResult(message_id=message.pk, server_ts=now, created=True)
+    logger.debug("Stored message %s for %d devices", message_id, len(envelopes))
+    return SendResult(message_id=message_id, server_ts=now, created=True)
 
 
 # --- Inbox and acknowledgement ---------------------------------------------------
@@ -400,21 +410,21 @@ class InboxEntry:
     server_ts: datetime.datetime
 
 
+_INBOX_SQL = """
+SELECT seq, message_id, room_id, sender_device_id, sender_member_id,
+       ciphertext, created_at
+  FROM messaging_delivery
+ WHERE device_id = %s AND seq > %s
+ ORDER BY seq
+ LIMIT %s
+"""
+
+
 def get_inbox(device_id: uuid.UUID, *, after: int, limit: int) -> list[InboxEntry]:
     """Return up to ``limit`` queued envelopes of the device after ``after``."""
-    rows = (
-        Delivery.objects.filter(device_id=device_id, seq__gt=after)
-        .order_by("seq")
-        .values_list(
-            "seq",
-            "message_id",
-            "message__room_id",
-            "message__sender_device_id",
-            "message__sender_member_id",
-            "ciphertext",
-            "created_at",
-        )[:limit]
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(_INBOX_SQL, [device_id, after, limit])
+        rows = cursor.fetchall()
     return [
         InboxEntry(seq, mid, room, sdev, smem, bytes(ciphertext), ts)
         for seq, mid, room, sdev, smem, ciphertext, ts in rows

@@ -61,11 +61,13 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from agentvault.errors import ApiError, BadRequestError
 from messaging import events, sockets
+from messaging.actions import check_send_rate
 from messaging.conf import messaging_settings
 from messaging.serializers import inbox_entry, parse_send, parse_seq, parse_uuid
 from messaging.sockets import SocketClosedError, SocketIdentity
@@ -277,6 +279,11 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         try:
             room_id = parse_uuid(frame.get("room_id"), "room_id")
             send = parse_send(frame)
+            # The shared bucket may be a Redis round trip: keep it off the
+            # database thread.
+            await sync_to_async(check_send_rate, thread_sensitive=False)(
+                self.identity.device_id
+            )
             result, outgoing = await database_sync_to_async(sockets.send_for_socket)(
                 self.identity, room_id, send
             )
@@ -316,7 +323,7 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 if room > 0:
                     self.wakeup.clear()
                     batch = min(room, 32)
-                    entries, last_seq = await database_sync_to_async(
+                    entries, more = await database_sync_to_async(
                         sockets.fetch_for_socket
                     )(self.identity, after=self.last_pushed, limit=batch)
                     sent = 0
@@ -331,13 +338,11 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                         self.inflight_bytes += size
                         self.last_pushed = entry.seq
                         sent += 1
-                    if sent < len(entries):
-                        continue
-                    drained = len(entries) < batch or self.last_pushed >= last_seq
+                    drained = sent == len(entries) and not more
                     if not backlog_done and drained:
                         backlog_done = True
                         await self._frame("queue_empty")
-                    if len(entries) == batch:
+                    if not drained:
                         continue
                 try:
                     await asyncio.wait_for(self.wakeup.wait(), timeout=sweep)

@@ -118,6 +118,11 @@ class Delivery(models.Model):
     message = models.ForeignKey(
         Message, on_delete=models.CASCADE, related_name="deliveries"
     )
+    # Copies of the message's fields, so reading a queue touches one table
+    # through its (device, seq) index and nothing else.
+    room_id = models.UUIDField()
+    sender_device_id = models.UUIDField()
+    sender_member_id = models.UUIDField()
     ciphertext = models.BinaryField()
     created_at = models.DateTimeField()
 

@@ -20,7 +20,6 @@ from agentvault.auth.tokens import TokenError, verify_token
 from enrollment.models import Device
 from messaging import actions, events
 from messaging.errors import RoomNotFoundError
-from messaging.models import DeviceQueue, RoomMembership
 from messaging.serializers import SendRequest
 from tenants.scope import tenant_scope
 
@@ -108,32 +107,39 @@ def authenticate_socket(token: str) -> SocketIdentity:
     )
 
 
-def _check(identity: SocketIdentity) -> int:
-    """Return the device's last sequence number if the socket may stay open.
+_CHECK_SQL = """
+SELECT d.status, m.is_active, q.connection_epoch,
+       (%s::uuid IS NULL OR EXISTS (
+            SELECT 1 FROM messaging_roommembership AS r
+             WHERE r.room_id = %s::uuid AND r.member_id = d.member_id))
+  FROM messaging_devicequeue AS q
+  JOIN enrollment_device AS d ON d.id = q.device_id
+  JOIN tenants_member AS m ON m.id = d.member_id
+ WHERE q.device_id = %s
+"""
 
-    Raise ``SocketClosedError`` otherwise. Runs inside the caller's tenant
-    scope.
+
+def _check(identity: SocketIdentity, *, room_id: uuid.UUID | None = None) -> None:
+    """Raise ``SocketClosedError`` unless the socket may stay open.
+
+    With ``room_id``, also raise ``not_found`` unless the device's member is
+    in that room (a room of another tenant is invisible, like a missing
+    one). Runs inside the caller's tenant scope, as one query.
     """
-    row = (
-        DeviceQueue.objects.filter(device_id=identity.device_id)
-        .values_list(
-            "device__status",
-            "device__member__is_active",
-            "connection_epoch",
-            "last_seq",
-        )
-        .first()
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(_CHECK_SQL, [room_id, room_id, identity.device_id])
+        row = cursor.fetchone()
     if row is None:
         raise SocketClosedError(CLOSE_REVOKED, "device_not_active")
-    status, member_active, epoch, last_seq = row
+    status, member_active, epoch, in_room = row
     if status != Device.Status.ACTIVE:
         raise SocketClosedError(CLOSE_REVOKED, "device_revoked")
     if not member_active:
         raise SocketClosedError(CLOSE_UNAUTHENTICATED, "member_inactive")
     if epoch > identity.epoch:
         raise SocketClosedError(CLOSE_REPLACED, "replaced")
-    return int(last_seq)
+    if not in_room:
+        raise RoomNotFoundError()
 
 
 def check_socket(identity: SocketIdentity) -> None:
@@ -144,16 +150,19 @@ def check_socket(identity: SocketIdentity) -> None:
 
 def fetch_for_socket(
     identity: SocketIdentity, *, after: int, limit: int
-) -> tuple[list[actions.InboxEntry], int]:
-    """Return queued envelopes after ``after`` and the device's last seq.
+) -> tuple[list[actions.InboxEntry], bool]:
+    """Return up to ``limit`` queued envelopes after ``after``, and whether
+    more are queued beyond them.
 
-    The deliveries are read before the device is checked: whatever is
-    returned was committed before a revocation that the check would see.
+    No device check is needed here: revocation deletes the device's
+    deliveries in the transaction that revokes it, and sends to a revoked
+    device are refused, so whatever this reads was committed before any
+    revocation. The status is re-checked on every inbound frame and on a
+    timer.
     """
     with tenant_scope(identity.tenant_id):
-        entries = actions.get_inbox(identity.device_id, after=after, limit=limit)
-        last_seq = _check(identity)
-    return entries, last_seq
+        entries = actions.get_inbox(identity.device_id, after=after, limit=limit + 1)
+    return entries[:limit], len(entries) > limit
 
 
 def ack_for_socket(identity: SocketIdentity, up_to_seq: int) -> int:
@@ -169,23 +178,22 @@ def send_for_socket(
 ) -> tuple[actions.SendResult, list[events.Outgoing]]:
     """Store a send from the socket's device; return it and the wake-ups.
 
-    The wake-ups are collected, not published, so the consumer sends them
-    from its event loop once this call (and its transaction) has returned.
+    The caller has taken the send from the device's rate bucket. The
+    wake-ups are collected, not published, so the consumer sends them from
+    its event loop once this call (and its transaction) has returned.
     """
     with events.collect_events() as outgoing:
         with tenant_scope(identity.tenant_id):
-            _check(identity)
-            device = Device.objects.get(pk=identity.device_id)
-            actions.check_send_rate(device.pk)
-            is_member = RoomMembership.objects.filter(
-                room_id=room_id, member_id=identity.member_id
-            ).exists()
-            if not is_member:
-                raise RoomNotFoundError()
+            _check(identity, room_id=room_id)
+            sender = Device(
+                pk=identity.device_id,
+                member_id=identity.member_id,
+                tenant_id=identity.tenant_id,
+            )
             result = actions.do_send_message(
                 room_id,
                 tenant_id=identity.tenant_id,
-                sender=device,
+                sender=sender,
                 client_message_id=send.client_message_id,
                 envelopes=send.envelopes,
             )

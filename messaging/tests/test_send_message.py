@@ -430,3 +430,20 @@ def test_sends_over_the_device_rate_get_429_with_retry_after(
     # Another device has its own bucket.
     as_device(api, w.agent_device.device)
     assert post_message(api, room, send_body(w.owner_device.device)).status_code == 201
+
+
+def test_a_repeat_answers_the_first_result_even_after_the_devices_changed(
+    api: APIClient, tenant_a: TenantWorld
+) -> None:
+    w = tenant_a
+    room = make_room(w.owner, w.agent)
+    as_device(api, w.owner_device.device)
+    first = post_message(api, room, send_body(w.agent_device.device, cid="once"))
+    with tenant_scope(w.tenant.pk):
+        make_device(w.agent, name="second")
+
+    again = post_message(api, room, send_body(w.agent_device.device, cid="once"))
+
+    assert first.status_code == 201
+    assert (again.status_code, again.json()) == (200, first.json())
+    assert _counts(w) == (1, 1)
