@@ -268,13 +268,27 @@ def _check_recipients(
     )
 
 
-_ADVANCE_SQL = """
-UPDATE messaging_devicequeue AS q
-   SET last_seq = q.last_seq + 1, depth = q.depth + 1
-  FROM (SELECT device_id FROM messaging_devicequeue
-         WHERE device_id = ANY(%s) ORDER BY device_id FOR UPDATE) AS locked
- WHERE q.device_id = locked.device_id
-RETURNING q.device_id, q.last_seq, q.depth
+_ENQUEUE_SQL = """
+WITH locked AS (
+    SELECT device_id FROM messaging_devicequeue
+     WHERE device_id = ANY(%s::uuid[]) ORDER BY device_id FOR UPDATE
+), advanced AS (
+    UPDATE messaging_devicequeue AS q
+       SET last_seq = q.last_seq + 1, depth = q.depth + 1
+      FROM locked
+     WHERE q.device_id = locked.device_id
+    RETURNING q.device_id, q.last_seq, q.depth
+), stored AS (
+    INSERT INTO messaging_delivery
+           (tenant_id, device_id, seq, message_id, room_id, sender_device_id,
+            sender_member_id, ciphertext, created_at)
+    SELECT %s, a.device_id, a.last_seq, %s, %s, %s, %s, e.ciphertext, %s
+      FROM advanced AS a
+      JOIN unnest(%s::uuid[], %s::bytea[]) AS e(device_id, ciphertext)
+        ON e.device_id = a.device_id
+    RETURNING device_id
+)
+SELECT device_id, last_seq, depth FROM advanced
 """
 
 _CREATE_QUEUES_SQL = """
@@ -285,25 +299,53 @@ ON CONFLICT (device_id) DO NOTHING
 """
 
 
-def _advance_queues(
-    tenant_id: uuid.UUID, device_ids: list[uuid.UUID]
-) -> dict[uuid.UUID, int]:
-    """Give each device its next sequence number; return device -> seq.
+@dataclasses.dataclass(frozen=True)
+class _Stamp:
+    """What every delivery of one message shares."""
 
-    Rows are locked in device-id order, so concurrent senders to overlapping
-    devices queue up instead of deadlocking. A device without a queue row
-    gets one first.
+    tenant_id: uuid.UUID
+    message_id: uuid.UUID
+    room_id: uuid.UUID
+    sender_device_id: uuid.UUID
+    sender_member_id: uuid.UUID
+    created_at: datetime.datetime
+
+
+def _enqueue(stamp: _Stamp, envelopes: Sequence[Envelope]) -> dict[uuid.UUID, int]:
+    """Queue each envelope at its device's next sequence number, in one statement.
+
+    Returns device -> seq. Queue rows are locked in device-id order, so
+    concurrent senders to overlapping devices queue up instead of
+    deadlocking; a device without a queue row gets one first. A queue over
+    its cap raises ``recipient_queue_full`` (the caller's savepoint undoes it).
     """
-    ordered = sorted(device_ids)
+    pending = sorted(envelopes, key=lambda envelope: envelope.device_id)
+    rows: list[tuple[uuid.UUID, int, int]] = []
     with connection.cursor() as cursor:
-        cursor.execute(_ADVANCE_SQL, [ordered])
-        rows = cursor.fetchall()
-        if len(rows) < len(ordered):
-            have = {row[0] for row in rows}
-            missing = [device for device in ordered if device not in have]
-            cursor.execute(_CREATE_QUEUES_SQL, [tenant_id, missing])
-            cursor.execute(_ADVANCE_SQL, [missing])
+        for attempt in range(2):
+            devices = [envelope.device_id for envelope in pending]
+            cursor.execute(
+                _ENQUEUE_SQL,
+                [
+                    devices,
+                    stamp.tenant_id,
+                    stamp.message_id,
+                    stamp.room_id,
+                    stamp.sender_device_id,
+                    stamp.sender_member_id,
+                    stamp.created_at,
+                    devices,
+                    [envelope.ciphertext for envelope in pending],
+                ],
+            )
             rows += cursor.fetchall()
+            done = {row[0] for row in rows}
+            pending = [e for e in pending if e.device_id not in done]
+            if not pending or attempt:
+                break
+            missing = [envelope.device_id for envelope in pending]
+            cursor.execute(_CREATE_QUEUES_SQL, [stamp.tenant_id, missing])
+    assert not pending, "queue rows missing after creation"
 
     cap = int(messaging_settings.QUEUE_CAP)
     full = sorted(str(device) for device, _, depth in rows if depth > cap)
@@ -329,6 +371,7 @@ def do_send_message(
     sender: Device,
     client_message_id: str,
     envelopes: Sequence[Envelope],
+    savepoint: bool = True,
 ) -> SendResult:
     """Store a message and one delivery per recipient device, atomically.
 
@@ -336,9 +379,11 @@ def do_send_message(
     room (only its ``pk`` and ``member_id`` are used). Each delivery takes
     the next gap-free sequence number of its device; the wake-ups go out
     after commit. A repeat of the same ``client_message_id`` from the same
-    device returns the first result and stores nothing.
+    device returns the first result and stores nothing. ``savepoint=False``
+    saves two round trips for a caller whose own transaction ends with this
+    send (a refusal then rolls the whole transaction back).
     """
-    with transaction.atomic():
+    with transaction.atomic(savepoint=savepoint):
         # The message row first: a repeat of the client id conflicts on the
         # unique index (waiting for a concurrent first attempt to finish) and
         # answers with the first result, whatever the room holds now.
@@ -368,24 +413,10 @@ def do_send_message(
         # then purges what it stored. A refusal rolls the message back too.
         _check_recipients(room_id, sender.pk, envelopes)
 
-        recipients = [envelope.device_id for envelope in envelopes]
-        sequence = _advance_queues(tenant_id, recipients) if recipients else {}
-        Delivery.objects.bulk_create(
-            [
-                Delivery(
-                    tenant_id=tenant_id,
-                    device_id=envelope.device_id,
-                    seq=sequence[envelope.device_id],
-                    message_id=message_id,
-                    room_id=room_id,
-                    sender_device_id=sender.pk,
-                    sender_member_id=sender.member_id,
-                    ciphertext=envelope.ciphertext,
-                    created_at=now,
-                )
-                for envelope in envelopes
-            ]
+        stamp = _Stamp(
+            tenant_id, message_id, room_id, sender.pk, sender.member_id, now
         )
+        sequence = _enqueue(stamp, envelopes) if envelopes else {}
         events.publish_on_commit(
             [events.wake(device, seq) for device, seq in sorted(sequence.items())]
         )

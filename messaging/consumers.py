@@ -96,6 +96,17 @@ def socket_token(scope: dict[str, Any]) -> tuple[str | None, str | None]:
     return (tokens[0] if tokens else None), chosen
 
 
+def _db(fn: Any) -> Any:
+    """Wrap a unit of database work to run on a pool thread of its own.
+
+    Each unit opens its own tenant scope and returns its connection to the
+    pool when done, so units of different sockets need not queue behind one
+    another on the single thread-sensitive executor; per socket they still
+    run one at a time, in order, because the consumer awaits each.
+    """
+    return database_sync_to_async(fn, thread_sensitive=False)
+
+
 class _Bucket:
     """A token bucket for one socket's inbound frames."""
 
@@ -134,7 +145,7 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self._refuse(subprotocol, sockets.CLOSE_UNAUTHENTICATED)
             return
         try:
-            identity = await database_sync_to_async(sockets.authenticate_socket)(token)
+            identity = await _db(sockets.authenticate_socket)(token)
         except SocketClosedError as exc:
             await self._refuse(subprotocol, exc.close_code)
             return
@@ -267,7 +278,7 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         assert self.identity is not None
 
-        await database_sync_to_async(sockets.ack_for_socket)(self.identity, up_to)
+        await _db(sockets.ack_for_socket)(self.identity, up_to)
         while self.pushed and self.pushed[0][0] <= up_to:
             _, _, size = self.pushed.popleft()
             self.inflight_bytes -= size
@@ -284,7 +295,7 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await sync_to_async(check_send_rate, thread_sensitive=False)(
                 self.identity.device_id
             )
-            result, outgoing = await database_sync_to_async(sockets.send_for_socket)(
+            result, outgoing = await _db(sockets.send_for_socket)(
                 self.identity, room_id, send
             )
         except ApiError as error:
@@ -301,7 +312,7 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def _on_ping(self, frame: dict[str, Any]) -> None:
         assert self.identity is not None
-        await database_sync_to_async(sockets.check_socket)(self.identity)
+        await _db(sockets.check_socket)(self.identity)
         await self._frame("pong")
 
     _handlers = {"ack": _on_ack, "send": _on_send, "ping": _on_ping}
@@ -323,9 +334,9 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 if room > 0:
                     self.wakeup.clear()
                     batch = min(room, 32)
-                    entries, more = await database_sync_to_async(
-                        sockets.fetch_for_socket
-                    )(self.identity, after=self.last_pushed, limit=batch)
+                    entries, more = await _db(sockets.fetch_for_socket)(
+                        self.identity, after=self.last_pushed, limit=batch
+                    )
                     sent = 0
                     for entry in entries:
                         if self.closing:
@@ -374,7 +385,7 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                     return
                 if now >= next_status:
                     next_status = now + status_every
-                    await database_sync_to_async(sockets.check_socket)(self.identity)
+                    await _db(sockets.check_socket)(self.identity)
         except SocketClosedError as exc:
             await self._shut(exc.close_code, exc.reason)
         except asyncio.CancelledError:

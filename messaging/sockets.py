@@ -196,5 +196,6 @@ def send_for_socket(
                 sender=sender,
                 client_message_id=send.client_message_id,
                 envelopes=send.envelopes,
+                savepoint=False,
             )
     return result, list(outgoing)
