@@ -1,11 +1,12 @@
 """Units of database work of one relay socket, each in its own tenant scope.
 
 The relay consumer calls each function here through
-``database_sync_to_async``. All such calls of a worker process share one
-thread, so none of them may rely on anything a previous call left on the
+``database_sync_to_async`` on a pool thread, with a connection from the
+pool, so none of them may rely on anything a previous call left on a
 connection: each opens ``tenant_scope`` itself, does its work and returns
-plain values. Each also re-reads the device, so a revocation, a newer
-socket of the same device or a deactivated member is noticed on every frame.
+plain values. The units behind inbound frames (ack, send, ping) and the
+timer re-read the device, so a revocation, a newer socket of the same device
+or a deactivated member is noticed on every frame.
 """
 
 from __future__ import annotations
