@@ -459,6 +459,10 @@ def main() -> None:
             from django.db import connections
 
             connections.close_all()
+        with contextlib.suppress(Exception):
+            from agentvault.embedded import stop_embedded_postgres
+
+            stop_embedded_postgres(Path(data_dir))
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -467,7 +471,8 @@ def report(results: list[Result], counts: list[int]) -> None:
     configs = list(dict.fromkeys(r.config for r in results))
     print()
     print(
-        "| Configuration | Pairs | msgs/s | p50 ms | p99 ms | stuck | × bare (same workers) |"
+        "| Configuration | Pairs | msgs/s | p50 ms | p99 ms | stuck "
+        "| × bare (same workers) |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     medians: dict[tuple[str, int], tuple[float, float, float, int]] = {}

@@ -36,7 +36,7 @@ def _bare_application() -> Any:
         url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
         settings.configure(
             DEBUG=False,
-            SECRET_KEY="bench-only",
+            SECRET_KEY="bench-only",  # noqa: S106 (no sessions or signing here)
             INSTALLED_APPS=["channels"],
             ALLOWED_HOSTS=["*"],
             CHANNEL_LAYERS={
