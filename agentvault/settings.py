@@ -235,7 +235,15 @@ if WEB_CONCURRENCY > 1 and not REDIS_URL:
 
 if REDIS_URL:
     _layer_config: dict[str, Any] = {
-        "hosts": [REDIS_URL],
+        # The socket timeout must outlast channels-redis's 5 s blocking read,
+        # or an idle relay socket is dropped when the read times out.
+        "hosts": [
+            {
+                "address": REDIS_URL,
+                "socket_timeout": env.float("AV_REDIS_SOCKET_TIMEOUT", default=60.0),
+                "max_connections": env.int("AV_REDIS_MAX_CONNECTIONS", default=1000),
+            }
+        ],
         "capacity": env.int("AV_CHANNEL_CAPACITY", default=200),
         "expiry": 60,
         # Longer than the longest socket (daphne --websocket_timeout).

@@ -75,16 +75,6 @@ def redis_url() -> str | None:
     return url
 
 
-def layer_url(url: str) -> str:
-    """Return ``url`` with the redis-py 8 options the channel layer needs.
-
-    redis-py 8 times sockets out after 5 s by default, which races
-    channels-redis's 5 s blocking pop; its pool also caps at 100 connections.
-    """
-    joiner = "&" if "?" in url else "?"
-    return url + joiner + urlencode({"socket_timeout": 60, "max_connections": 1000})
-
-
 def _db_url(config: dict[str, Any], name: str) -> str:
     user = quote(str(config.get("USER") or ""), safe="")
     password = config.get("PASSWORD") or ""

@@ -46,7 +46,7 @@ def workers(
 ) -> Iterator[list[cluster.Worker]]:
     assert REDIS is not None
     with django_db_blocker.unblock():
-        with cluster.relay_cluster(2, cluster.layer_url(REDIS)) as running:
+        with cluster.relay_cluster(2, REDIS) as running:
             yield running
 
 

@@ -137,7 +137,7 @@ async def test_200_messages_from_4_senders_survive_20_reconnects(
     target = w.agent_device.device
     everyone = [*senders, target]
 
-    with cluster.relay_cluster(2, cluster.layer_url(REDIS)) as workers:
+    with cluster.relay_cluster(2, REDIS) as workers:
         sent_ids: list[str] = []
 
         async def sender(index: int, device: Device) -> None:
@@ -224,7 +224,7 @@ async def test_a_burst_of_50_reaches_a_receiver_whose_wakeups_were_dropped(
     target = w.agent_device.device
     extra = {"AV_CHANNEL_CAPACITY": "5", "AV_RELAY_SWEEP_INTERVAL": "60"}
 
-    with cluster.relay_cluster(2, cluster.layer_url(REDIS), **extra) as (one, two):
+    with cluster.relay_cluster(2, REDIS, **extra) as (one, two):
         # A receiver on worker 2 that does not read its socket.
         ws, _ = await open_relay(two.ws, target, max_queue=1)
         await asyncio.sleep(0.5)
@@ -274,7 +274,7 @@ async def test_a_redis_restart_mid_stream_loses_nothing_committed(
     stop_sending = asyncio.Event()
 
     try:
-        with cluster.relay_cluster(2, cluster.layer_url(redis.url)) as workers:
+        with cluster.relay_cluster(2, redis.url) as workers:
 
             async def rest_sender() -> None:
                 async with rest(workers[0].http, w.owner_device.device) as client:
@@ -393,7 +393,7 @@ async def test_a_client_that_never_reads_is_closed_4408_with_bounded_memory(
 
     await backlog()
     extra = {"AV_RELAY_ACK_TIMEOUT": "3"}
-    with cluster.relay_cluster(1, cluster.layer_url(REDIS), **extra) as (worker,):
+    with cluster.relay_cluster(1, REDIS, **extra) as (worker,):
         # Warm the worker up, then take its baseline.
         warm, _ = await open_relay(worker.ws, w.owner_device.device)
         await warm.close()
