@@ -377,12 +377,6 @@ def test_a_full_recipient_queue_refuses_the_send_and_stores_nothing(
         assert DeviceQueue.objects.get(device=w.agent_device.device).last_seq == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tenants.middleware marks every >=500 response for rollback and "
-    "tenant_scope then fails restoring the setting, so 507 becomes 500 "
-    "(reported to the lead)",
-)
 @override_settings(MESSAGING={"QUEUE_CAP": 3})
 def test_a_full_recipient_queue_answers_507_and_stores_nothing(
     api: APIClient, tenant_a: TenantWorld

@@ -167,3 +167,27 @@ def test_a_malformed_tenant_setting_is_refused_by_the_database(
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SELECT set_config('app.current_tenant_id', 'x', true)")
             cursor.execute("SELECT count(*) FROM tenants_member")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_outermost_scope_sets_the_tenant_for_its_transaction_only(
+    tenant_a: TenantWorld,
+) -> None:
+    with tenant_scope(tenant_a.tenant.pk):
+        assert current_tenant_id() == tenant_a.tenant.pk
+        assert Member.objects.count() == 4
+    with transaction.atomic():
+        assert current_tenant_id() is None
+        assert Member.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_request_transaction_does_not_break_the_scope_exit(
+    tenant_a: TenantWorld,
+) -> None:
+    with tenant_scope(tenant_a.tenant.pk):
+        with tenant_scope(tenant_a.tenant.pk):
+            Member.objects.filter(pk=tenant_a.member.pk).update(name="renamed")
+        transaction.set_rollback(True)
+    with tenant_scope(tenant_a.tenant.pk):
+        assert Member.objects.get(pk=tenant_a.member.pk).name == tenant_a.member.name
