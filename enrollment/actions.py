@@ -90,6 +90,17 @@ def _acting_member(acting: Any) -> Member | None:
     return None
 
 
+def check_may_manage(acting: Any, member: Member) -> None:
+    """Refuse an admin act on ``member`` that the acting admin may not do.
+
+    Operator commands (no acting member) may act on anyone; see
+    ``Member.may_manage`` for admins.
+    """
+    admin = _acting_member(acting)
+    if admin is not None and not admin.may_manage(member):
+        raise ForbiddenError()
+
+
 # --- Invites -------------------------------------------------------------------
 
 
@@ -136,6 +147,8 @@ def do_create_invite(
     new_admin = member is None and role in Member.ADMIN_ROLES
     if new_admin and inviter is not None and inviter.role != Member.Role.OWNER_ADMIN:
         raise ForbiddenError()
+    if member is not None:
+        check_may_manage(acting, member)
 
     token = new_invite_token(tenant_id)
     secret_hash = hash_invite_secret(token)
@@ -347,6 +360,7 @@ def do_approve_device(device: Device, *, acting: Any) -> Device:
     """
     with tenant_scope(device.tenant_id):
         device = _locked(device)
+        check_may_manage(acting, device.member)
         if device.status == Device.Status.ACTIVE:
             return device
         if device.status == Device.Status.REVOKED:
@@ -378,6 +392,11 @@ def do_revoke_device(device: Device, *, acting: Any) -> Device:
     """
     with tenant_scope(device.tenant_id):
         device = _locked(device)
+        revoking_itself = (
+            isinstance(acting, Principal) and acting.device_id == device.pk
+        )
+        if not revoking_itself:
+            check_may_manage(acting, device.member)
         if device.status == Device.Status.REVOKED:
             return device
 

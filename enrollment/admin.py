@@ -15,7 +15,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.translation import gettext_lazy as _
@@ -25,6 +25,7 @@ from agentvault.errors import ApiError
 from enrollment import actions
 from enrollment.models import Device, Invite
 from tenants.admin import TenantScopedAdmin, console_member
+from tenants.models import Member
 
 
 class InviteForm(forms.ModelForm):  # type: ignore[type-arg]
@@ -115,6 +116,31 @@ class InviteAdmin(TenantScopedAdmin):
         field = super().formfield_for_foreignkey(db_field, request, **kwargs)
         if db_field.name == "member" and field is not None:
             field.queryset = field.queryset.filter(is_active=True)
+            admin_member = console_member(request)
+            if admin_member is not None and admin_member.role != "owner_admin":
+                # Tenant admins invite devices for themselves and non-admins.
+                field.queryset = field.queryset.filter(
+                    Q(pk=admin_member.pk) | ~Q(role__in=Member.ADMIN_ROLES)
+                )
+        return field
+
+    def formfield_for_choice_field(
+        self, db_field: Any, request: HttpRequest, **kwargs: Any
+    ) -> Any:
+        """Offer admin roles for new members to owner admins only."""
+        field = super().formfield_for_choice_field(db_field, request, **kwargs)
+        admin_member = console_member(request)
+        if (
+            field is not None
+            and db_field.name == "member_role"
+            and admin_member is not None
+            and admin_member.role != "owner_admin"
+        ):
+            field.choices = [
+                (value, label)
+                for value, label in db_field.choices or []
+                if value not in Member.ADMIN_ROLES
+            ]
         return field
 
     @sensitive_variables("created")
@@ -262,7 +288,10 @@ class DeviceAdmin(TenantScopedAdmin):
                 refused += 1
         self.message_user(
             request,
-            _("Approved %(done)d device(s); %(refused)d revoked ones left alone.")
+            _(
+                "Approved %(done)d device(s); %(refused)d refused (revoked, or "
+                "not yours to approve)."
+            )
             % {"done": done, "refused": refused},
         )
         return None
@@ -277,13 +306,17 @@ class DeviceAdmin(TenantScopedAdmin):
                 request, queryset, action="revoke_devices", verb=_("Revoke")
             )
         acting = console_member(request)
-        count = 0
+        count = refused = 0
         for device in queryset:
-            actions.do_revoke_device(device, acting=acting)
-            count += 1
+            try:
+                actions.do_revoke_device(device, acting=acting)
+                count += 1
+            except ApiError:
+                refused += 1
         self.message_user(
             request,
-            _("Revoked %(count)d device(s).") % {"count": count},
+            _("Revoked %(count)d device(s); %(refused)d not yours to revoke.")
+            % {"count": count, "refused": refused},
             messages.SUCCESS,
         )
         return None

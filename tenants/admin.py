@@ -173,12 +173,39 @@ class MemberAdmin(TenantScopedAdmin):
     search_fields = ["name"]
     fields = ["name", "kind", "role", "is_active", "user"]
 
+    def _is_owner(self, request: HttpRequest) -> bool:
+        member = console_member(request)
+        return member is not None and member.role == Member.Role.OWNER_ADMIN
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Let tenant admins change members and agents; admins are the owners'."""
+        if not super().has_change_permission(request, obj):
+            return False
+        acting = console_member(request)
+        return obj is None or (acting is not None and acting.may_manage(obj))
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         """Only owner admins may change roles or console links."""
-        member = console_member(request)
-        if member is not None and member.role == Member.Role.OWNER_ADMIN:
+        if self._is_owner(request):
             return ["kind"] if obj else []
         return ["kind", "role", "user"] if obj else ["user"]
+
+    def formfield_for_choice_field(
+        self, db_field: Any, request: HttpRequest, **kwargs: Any
+    ) -> Any:
+        """Offer admin roles to owner admins only."""
+        field = super().formfield_for_choice_field(db_field, request, **kwargs)
+        if (
+            field is not None
+            and db_field.name == "role"
+            and not self._is_owner(request)
+        ):
+            field.choices = [
+                (value, label)
+                for value, label in db_field.choices or []
+                if value not in Member.ADMIN_ROLES
+            ]
+        return field
 
     def save_model(
         self, request: HttpRequest, obj: Any, form: ModelForm[Any], change: bool

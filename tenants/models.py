@@ -115,3 +115,16 @@ class Member(models.Model):
     def is_admin(self) -> bool:
         """Return whether this member may administer its tenant."""
         return self.role in self.ADMIN_ROLES
+
+    def may_manage(self, other: Member) -> bool:
+        """Return whether this member may invite, approve or revoke for ``other``.
+
+        Owner admins manage everyone. Tenant admins manage themselves and
+        members and agents, never another admin: a device they could add to
+        an owner admin would read the owner's messages.
+        """
+        if self.role == self.Role.OWNER_ADMIN:
+            return True
+        if self.role == self.Role.TENANT_ADMIN:
+            return other.pk == self.pk or other.role not in self.ADMIN_ROLES
+        return False

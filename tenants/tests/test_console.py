@@ -166,3 +166,42 @@ def test_a_role_change_by_an_owner_admin_is_audited(
         assert Member.objects.get(pk=tenant_a.member.pk).role == "tenant_admin"
     assert event.details == {"from": "member", "to": "tenant_admin"}
     assert event.target_id == str(tenant_a.member.pk)
+
+
+def test_a_tenant_admin_cannot_create_an_admin_in_the_console(
+    client: Client, tenant_a: TenantWorld
+) -> None:
+    client.force_login(tenant_a.console_user)
+    response = client.post(
+        "/admin/tenants/member/add/",
+        {"name": "usurper", "kind": "human", "role": "owner_admin", "is_active": "on"},
+    )
+    form = response.context["adminform"].form
+    assert response.status_code == 200  # the form comes back with an error
+    assert "role" in form.errors
+    assert [value for value, _ in form.fields["role"].choices] == ["member", "agent"]
+    with tenant_scope(tenant_a.tenant.pk):
+        assert not Member.objects.filter(name="usurper").exists()
+
+
+def test_a_tenant_admin_cannot_change_or_deactivate_an_owner_admin(
+    client: Client, tenant_a: TenantWorld
+) -> None:
+    client.force_login(tenant_a.console_user)
+    url = f"/admin/tenants/member/{tenant_a.owner.pk}/change/"
+    response = client.post(url, {"name": tenant_a.owner.name, "role": "owner_admin"})
+    assert response.status_code == 403
+    with tenant_scope(tenant_a.tenant.pk):
+        assert Member.objects.get(pk=tenant_a.owner.pk).is_active is True
+
+
+def test_a_tenant_admin_still_edits_a_member(
+    client: Client, tenant_a: TenantWorld
+) -> None:
+    client.force_login(tenant_a.console_user)
+    url = f"/admin/tenants/member/{tenant_a.member.pk}/change/"
+    response = client.post(url, {"name": "renamed member"})
+    assert response.status_code == 302
+    with tenant_scope(tenant_a.tenant.pk):
+        member = Member.objects.get(pk=tenant_a.member.pk)
+    assert (member.name, member.is_active) == ("renamed member", False)
