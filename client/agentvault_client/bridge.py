@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -59,6 +60,10 @@ MODE_LINES = "lines"
 #: Kept lines of the program's standard error, quoted in error reports.
 STDERR_TAIL = 20
 MAX_RESTART_DELAY = 30.0
+#: How long a terminated program may take to exit before it is killed.
+STOP_GRACE = 5.0
+#: How long to wait for a killed program to be reaped.
+KILL_GRACE = 2.0
 
 Reply = tuple[str, str]
 
@@ -83,6 +88,50 @@ def _clip(text: str) -> str:
     note = "\n[answer cut: too long for one message]"
     room = MAX_BODY_BYTES - len(note.encode())
     return data[:room].decode("utf-8", errors="ignore") + note
+
+
+def _signal_group(
+    proc: asyncio.subprocess.Process, sig: signal.Signals = signal.SIGKILL
+) -> None:
+    """Send ``sig`` to the program and everything it started.
+
+    The program runs in a session of its own, so its process group holds the
+    children it started too. A child left behind would keep the output pipes
+    open and the bridge waiting for them.
+    """
+    if sys.platform == "win32":
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        return
+    # ESRCH: the whole group is gone; EPERM: only zombies are left (macOS).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+async def _wait_exit(
+    proc: asyncio.subprocess.Process, timeout: float | None = None
+) -> bool:
+    """Wait until the program itself ended; return whether it did in time.
+
+    ``Process.wait()`` also waits until the output pipes are closed, which a
+    process that escaped the group may delay indefinitely. The return code
+    is known as soon as the program is reaped, so poll for it instead.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.01
+    while proc.returncode is None:
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.25)
+    return True
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    """Kill the program's process group and wait (briefly) for the program."""
+    _signal_group(proc)
+    if not await _wait_exit(proc, KILL_GRACE):
+        logger.warning("Program %d not reaped %g s after SIGKILL", proc.pid, KILL_GRACE)
 
 
 class ProgramExitedError(Exception):
@@ -222,6 +271,7 @@ class AgentBridge:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=self._program_env(message),
+                start_new_session=True,
             )
         except OSError as exc:
             self._status(f"cannot start the program: {exc.strerror}")
@@ -233,9 +283,7 @@ class AgentBridge:
                 proc.communicate(message.text.encode("utf-8")), self.timeout
             )
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+            await _kill(proc)
             self._status(f"program timed out on message {message.message_id}")
             return [
                 (
@@ -280,6 +328,7 @@ class AgentBridge:
                     stderr=asyncio.subprocess.PIPE,
                     env=self._program_env(None),
                     limit=4 * MAX_BODY_BYTES,
+                    start_new_session=True,
                 )
                 break
             except OSError as exc:
@@ -302,15 +351,13 @@ class AgentBridge:
 
     async def _stop_program(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        if proc is not None:
+            # Children outlive a program that already exited; stop them too.
+            _signal_group(proc, signal.SIGTERM)
+            if not await _wait_exit(proc, STOP_GRACE):
+                await _kill(proc)
+            else:
+                _signal_group(proc)
         for task in self._tasks:
             task.cancel()
         self._tasks = []
@@ -358,7 +405,8 @@ class AgentBridge:
 
     async def _supervise(self, proc: asyncio.subprocess.Process) -> None:
         """Report the program's end to the room and start it again."""
-        returncode = await proc.wait()
+        await _wait_exit(proc)
+        returncode = proc.returncode
         if self._stopping or proc is not self._proc:
             return
         how = describe_exit(returncode)
@@ -383,9 +431,8 @@ class AgentBridge:
         self._restart_delay = min(self._restart_delay * 2, MAX_RESTART_DELAY)
         old = self._proc
         self._proc = None
-        if old is not None and old.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                old.kill()
+        if old is not None:
+            _signal_group(old)
         await asyncio.sleep(delay)
         if not self._stopping:
             await self._start_program()
@@ -403,11 +450,12 @@ class AgentBridge:
             "text": message.text,
         }
         loop = asyncio.get_running_loop()
-        self._pending = loop.create_future()
+        pending: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending = pending
         try:
             proc.stdin.write(json.dumps(request, ensure_ascii=False).encode() + b"\n")
             await proc.stdin.drain()
-            reply = await asyncio.wait_for(asyncio.shield(self._pending), self.timeout)
+            reply = await asyncio.wait_for(asyncio.shield(pending), self.timeout)
         except (ProgramExitedError, BrokenPipeError, ConnectionResetError) as exc:
             how = (
                 str(exc) if isinstance(exc, ProgramExitedError) else "its input closed"
@@ -424,8 +472,10 @@ class AgentBridge:
         except TimeoutError:
             self._status(f"program timed out on message {message.message_id}")
             self._killed = proc
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            pending.cancel()  # its end is expected, not an error to report
+            # Reaped before returning, so the next message waits for the
+            # restarted program instead of writing to this one.
+            await _kill(proc)
             return [
                 (
                     KIND_AGENT_ERROR,

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from agentvault_client.bridge import AgentBridge
 from agentvault_client.messages import Message
@@ -119,3 +123,70 @@ def test_lines_mode_reports_a_crash_and_restarts_the_program() -> None:
     assert kinds == [("text", "m1"), ("agent_error", "m2"), ("text", "m3")]
     assert "exit status 7" in client.sent[1]["text"]
     assert client.sent[2]["text"] == "got b"
+
+
+def _gone(pid: int) -> bool:
+    """Return whether the process has ended (a zombie counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _wait_gone(pid: int) -> bool:
+    deadline = time.monotonic() + 2
+    while not _gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="process groups are POSIX")
+def test_a_timeout_is_reported_while_a_grandchild_holds_the_output(
+    tmp_path: Path,
+) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    command = ["sh", "-c", f"sleep 8 & echo $! > {pid_file}; wait; echo late"]
+
+    started = time.monotonic()
+    client = _run([_message(1, "x")], command, timeout=1)
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 3, f"timeout reported after {elapsed:.1f} s"
+    assert [s["kind"] for s in client.sent] == ["agent_error"]
+    assert "did not answer within 1 s" in client.sent[0]["text"]
+    assert _wait_gone(int(pid_file.read_text())), "the grandchild still runs"
+
+
+LINES_WITH_GRANDCHILD = [
+    PY,
+    "-c",
+    (
+        "import json, subprocess, sys\n"
+        "subprocess.Popen(['sleep', '8'])\n"
+        "for line in sys.stdin:\n"
+        "    text = json.loads(line)['text']\n"
+        "    if text == 'hang': subprocess.run(['sleep', '8'])\n"
+        "    print(json.dumps({'text': 'got ' + text}), flush=True)\n"
+    ),
+]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="process groups are POSIX")
+def test_lines_mode_restarts_and_stops_despite_a_grandchild() -> None:
+    """A timed-out program and its children are killed as a group, and
+    neither the restart nor the final stop waits for their output pipes."""
+    messages = [_message(1, "hang"), _message(2, "b")]
+
+    started = time.monotonic()
+    client = _run(messages, LINES_WITH_GRANDCHILD, mode="lines", timeout=1)
+    elapsed = time.monotonic() - started
+
+    # 1 s timeout, 1 s restart delay, start-up and slack.
+    assert elapsed < 5, f"took {elapsed:.1f} s"
+    kinds = [(s["kind"], s["reply_to"]) for s in client.sent]
+    assert kinds == [("agent_error", "m1"), ("text", "m2")]
+    assert "did not answer within 1 s" in client.sent[0]["text"]
+    assert client.sent[1]["text"] == "got b"
