@@ -32,7 +32,9 @@ migrate: $(STAMP)
 
 serve: migrate  ## Serve HTTP and WebSocket on 127.0.0.1:8000 (one worker).
 	$(BIN)/daphne -b 127.0.0.1 -p 8000 --websocket_timeout 43200 \
-	  --ping-interval 20 --ping-timeout 30 agentvault.asgi:application
+	  --ping-interval 20 --ping-timeout 30 --access-log /dev/null \
+	  --websocket-max-message-size 294912 --websocket-max-frame-size 294912 \
+	  agentvault.asgi:application
 
 check-rls: $(STAMP)
 	$(BIN)/python manage.py check_rls

@@ -212,6 +212,15 @@ def json_error(
     return JsonResponse({"code": code, "message": message, "fields": {}}, status=status)
 
 
+def handler400(request: HttpRequest, exception: Exception | None = None) -> Any:
+    """Answer a request Django refused (too large, malformed) with the envelope."""
+    if request.path.startswith("/api/"):
+        return json_error(request, "bad_request", "The request was refused.", 400)
+    from django.views.defaults import bad_request
+
+    return bad_request(request, exception or Exception())
+
+
 def handler404(request: HttpRequest, exception: Exception | None = None) -> Any:
     """Answer unknown API paths with the envelope; the console keeps its page."""
     if request.path.startswith("/api/"):

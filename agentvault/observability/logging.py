@@ -382,7 +382,9 @@ def build_logging(
             "console": {
                 "class": "logging.StreamHandler",
                 "formatter": "structured",
-                "stream": "ext://sys.stdout",
+                # Standard error: commands print their results (an invite
+                # token shown once) on standard output, untangled from logs.
+                "stream": "ext://sys.stderr",
             },
         },
         "root": {"handlers": ["console"], "level": level},

@@ -137,3 +137,15 @@ def test_the_openapi_schema_is_served(api: APIClient) -> None:
     )
     assert response.status_code == 200
     assert b"openapi" in response.content
+
+
+def test_a_body_over_the_upload_limit_is_the_envelope(api: APIClient) -> None:
+    client = Client(raise_request_exception=False)
+    with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000):
+        response = client.post(
+            "/api/v1/test/echo",
+            data='{"count": 1, "pad": "' + "x" * 5000 + '"}',
+            content_type="application/json",
+        )
+    assert response.status_code == 400
+    assert envelope(response)["code"] == "bad_request"

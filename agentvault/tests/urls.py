@@ -73,5 +73,6 @@ urlpatterns = [
     path("", include("agentvault.urls")),
 ]
 
+handler400 = "agentvault.errors.handler400"
 handler404 = "agentvault.errors.handler404"
 handler500 = "agentvault.errors.handler500"

@@ -205,3 +205,23 @@ def test_a_tenant_admin_still_edits_a_member(
     with tenant_scope(tenant_a.tenant.pk):
         member = Member.objects.get(pk=tenant_a.member.pk)
     assert (member.name, member.is_active) == ("renamed member", False)
+
+
+def test_console_sign_in_is_throttled_per_account(
+    client: Client, tenant_a: TenantWorld
+) -> None:
+    from django.core.cache import cache
+
+    cache.clear()
+    username = tenant_a.console_user.username
+    answers = [
+        client.post("/admin/login/", {"username": username, "password": "wrong"})
+        for _ in range(11)
+    ]
+    assert [a.status_code for a in answers] == [200] * 10 + [403]
+
+    right = client.post(
+        "/admin/login/", {"username": username, "password": "correct horse battery"}
+    )
+    assert right.status_code == 403  # still blocked: guessing gains nothing
+    cache.clear()
