@@ -288,7 +288,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["agentvault.auth.drf.BearerTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["agentvault.auth.drf.IsActiveDevice"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["agentvault.parsers.SafeJSONParser"],
     "EXCEPTION_HANDLER": "agentvault.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,

@@ -257,7 +257,8 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         try:
             frame = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):
+            # Nesting too deep for the decoder is as malformed as bad JSON.
             frame = None
         kind = frame.get("type") if isinstance(frame, dict) else None
         handler = self._handlers.get(kind) if isinstance(kind, str) else None

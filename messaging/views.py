@@ -169,7 +169,8 @@ class RoomMessagesView(APIView):
             raise PayloadTooLargeError()
         try:
             body = json.loads(request.body or b"null")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: nested deeper than the decoder can follow.
             raise BadRequestError(code="malformed_request") from None
         send = parse_send(body)
 

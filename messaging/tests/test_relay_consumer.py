@@ -379,7 +379,10 @@ async def test_send_refusals_are_error_frames_with_the_rest_codes(
         ('{"type": "_private"}', 4400),
         ('{"type": "ack", "up_to_seq": -1}', 4400),
         ('{"type": "ack", "up_to_seq": "3"}', 4400),
+        ("[" * 50_000 + "]" * 50_000, 4400),
+        ('{"type": "ack", "up_to_seq": ' + "[" * 50_000 + "]" * 50_000 + "}", 4400),
     ],
+    ids=["not-json", "list", "private", "negative", "string", "deep", "deep-field"],
 )
 async def test_malformed_frames_close_with_4400(
     tenant_a: TenantWorld, frame: str, code: int

@@ -303,6 +303,24 @@ def test_malformed_sends_are_refused(
     assert list(response.json()["fields"]) == [field]
 
 
+@pytest.mark.parametrize(
+    "body", ["{not json", "[" * 50_000 + "]" * 50_000], ids=["bad", "deep"]
+)
+def test_unparsable_sends_are_malformed_requests(
+    api: APIClient, tenant_a: TenantWorld, body: str
+) -> None:
+    w = tenant_a
+    room = make_room(w.owner, w.agent)
+    as_device(api, w.owner_device.device)
+
+    response = api.post(
+        f"/api/v1/rooms/{room.pk}/messages", body, content_type="application/json"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "malformed_request"
+
+
 def test_a_ciphertext_over_96_kib_is_refused(
     api: APIClient, tenant_a: TenantWorld
 ) -> None:
