@@ -331,6 +331,20 @@ def do_enroll_device(
     return device
 
 
+def do_prune_expired(*, now: datetime.datetime) -> str:
+    """Delete expired invites and device challenges of the current tenant.
+
+    Runs in the caller's tenant scope (``manage.py prune``). An invite past
+    its expiry can no longer be redeemed, used or not; the audit trail keeps
+    its id. Returns a short summary of what was deleted.
+    """
+    invites, _ = Invite.objects.filter(expires_at__lte=now).delete()
+    challenges, _ = DeviceChallenge.objects.filter(expires_at__lte=now).delete()
+    if invites or challenges:
+        logger.info("Pruned %d invites and %d challenges", invites, challenges)
+    return f"{invites} expired invites and {challenges} expired challenges deleted"
+
+
 # --- Approval and revocation ---------------------------------------------------
 
 

@@ -134,3 +134,33 @@ def test_prune_deletes_only_deliveries_past_retention(tenant_a: TenantWorld) -> 
             "new"
         ]
         assert DeviceQueue.objects.get(device=agent).depth == 1
+
+
+def test_prune_deletes_expired_invites_and_challenges_only(
+    tenant_a: TenantWorld, tenant_b: TenantWorld
+) -> None:
+    from enrollment.actions import do_create_invite, do_issue_challenge
+    from enrollment.models import DeviceChallenge, Invite
+
+    now = timezone.now()
+    for world in (tenant_a, tenant_b):
+        for _ in range(2):
+            do_create_invite(tenant_id=world.tenant.pk, acting="operator", name="n")
+        do_issue_challenge(world.member_device.device.pk)
+        do_issue_challenge(world.agent_device.device.pk)
+    with tenant_scope(tenant_a.tenant.pk):
+        Invite.objects.filter(pk=Invite.objects.first().pk).update(
+            expires_at=now - datetime.timedelta(minutes=1)
+        )
+        DeviceChallenge.objects.filter(
+            device_id=tenant_a.agent_device.device.pk
+        ).update(expires_at=now - datetime.timedelta(seconds=1))
+
+    out = _run("prune", "--tenant", "alpha")
+
+    assert "1 expired invites and 1 expired challenges deleted" in out
+    with tenant_scope(tenant_a.tenant.pk):
+        assert Invite.objects.count() == 1
+        assert DeviceChallenge.objects.count() == 1
+    with tenant_scope(tenant_b.tenant.pk):
+        assert (Invite.objects.count(), DeviceChallenge.objects.count()) == (2, 2)

@@ -2,9 +2,9 @@
 
 - Deliveries older than ``MESSAGING["RETENTION_DAYS"]`` (30 days default),
   and message rows older than that with no delivery left.
-- Expired or used invites and expired device challenges, through
-  ``enrollment.actions.do_prune_expired`` when the enrollment app provides
-  it (the enrollment app owns those models and their rules).
+- Expired invites and expired device challenges, through
+  ``enrollment.actions.do_prune_expired`` (the enrollment app owns those
+  models and their rules).
 """
 
 from __future__ import annotations
@@ -16,18 +16,11 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
 from agentvault.commands import resolve_tenant
+from enrollment.actions import do_prune_expired
 from messaging import actions
 from messaging.conf import messaging_settings
 from tenants.models import Tenant
 from tenants.scope import tenant_scope
-
-
-def _enrollment_pruner() -> Any:
-    try:
-        from enrollment import actions as enrollment_actions
-    except ImportError:
-        return None
-    return getattr(enrollment_actions, "do_prune_expired", None)
 
 
 class Command(BaseCommand):
@@ -60,21 +53,12 @@ class Command(BaseCommand):
             tenants = [resolve_tenant(options["tenant"])]
         else:
             tenants = list(Tenant.objects.order_by("slug"))
-        pruner = _enrollment_pruner()
-        if pruner is None:
-            self.stdout.write(
-                "enrollment.actions.do_prune_expired is not available: "
-                "invites and challenges were not pruned."
-            )
-
         for tenant in tenants:
             with tenant_scope(tenant.pk):
                 deliveries, messages = actions.do_prune_deliveries(older_than=cutoff)
-                extra = pruner(now=now) if pruner is not None else None
+                enrollment = do_prune_expired(now=now)
             line = (
                 f"{tenant.slug}: {deliveries} deliveries and {messages} messages "
                 f"older than {days} days deleted"
             )
-            if extra is not None:
-                line += f"; enrollment: {extra}"
-            self.stdout.write(line + ".")
+            self.stdout.write(f"{line}; {enrollment}.")
