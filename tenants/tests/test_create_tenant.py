@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -57,15 +58,50 @@ def test_it_reads_the_password_from_a_file(tmp_path: Path) -> None:
             "A tenant with slug 'acme' exists",
         ),
         (["Acme"], {"admin": "n2", "password_file": "/nope"}, "Cannot read /nope"),
+        (
+            ["x" * 201],
+            {"admin": "n3", "slug": "long"},
+            "Tenant name: Ensure this value has at most 200 characters (it has 201).",
+        ),
+        (
+            ["Acme 2"],
+            {"admin": "n4", "slug": "BAD SLUG!"},
+            "Slug 'BAD SLUG!': Enter a valid “slug” consisting of letters, numbers, "
+            "underscores or hyphens.",
+        ),
+        (
+            ["x" * 65],
+            {"admin": "n5"},
+            "Slug made from the name (give one with --slug): Ensure this value has "
+            "at most 64 characters (it has 65).",
+        ),
+        (
+            ["Acme 3"],
+            {"admin": "has space"},
+            "Admin username 'has space': Enter a valid username. This value may "
+            "contain only letters, numbers, and @/./+/-/_ characters.",
+        ),
+        (
+            ["Acme 4"],
+            {"admin": "back\\slash"},
+            "Admin username 'back\\\\slash': Enter a valid username.",
+        ),
+        (
+            ["Acme 5"],
+            {"admin": "u" * 151},
+            "Ensure this value has at most 150 characters (it has 151).",
+        ),
+        (["Acme 6"], {"admin": " "}, "Give the admin a username."),
     ],
 )
 def test_it_explains_bad_input(
     args: list[str], options: dict[str, str], message: str
 ) -> None:
     call_command("create_tenant", "Acme", admin="taken", stdout=io.StringIO())
-    with pytest.raises(CommandError, match=message):
+    with pytest.raises(CommandError, match=re.escape(message)):
         call_command("create_tenant", *args, stdout=io.StringIO(), **options)
     assert Tenant.objects.count() == 1
+    assert User.objects.count() == 1
 
 
 def test_it_refuses_a_weak_password(tmp_path: Path) -> None:

@@ -8,10 +8,25 @@ from typing import Any
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import models
 from django.utils.text import slugify
 
 from tenants.actions import TenantExistsError, do_create_tenant
-from tenants.models import User
+from tenants.models import Tenant, User
+
+
+def _check(model: type[models.Model], name: str, value: str, label: str) -> None:
+    """Run the model field's validators (format, length) on ``value``.
+
+    The database would refuse a value that is too long only with a raw
+    ``DataError``, and would store a malformed slug or username as is.
+    """
+    field = model._meta.get_field(name)
+    assert isinstance(field, models.Field)
+    try:
+        field.run_validators(value)
+    except ValidationError as exc:
+        raise CommandError(f"{label}: {' '.join(exc.messages)}") from None
 
 
 class Command(BaseCommand):
@@ -36,17 +51,28 @@ class Command(BaseCommand):
         """Validate the input, then create everything in one transaction."""
         name = options["name"].strip()
         slug = options["slug"] or slugify(name)
+        admin = options["admin"]
         if not name or not slug:
             raise CommandError("Give the tenant a name with letters or digits.")
-        if User.objects.filter(username=options["admin"]).exists():
-            raise CommandError(f"A console user {options['admin']!r} exists already.")
+        if not admin.strip():
+            raise CommandError("Give the admin a username.")
+        _check(Tenant, "name", name, "Tenant name")
+        if options["slug"]:
+            _check(Tenant, "slug", slug, f"Slug {slug!r}")
+        else:
+            _check(
+                Tenant, "slug", slug, "Slug made from the name (give one with --slug)"
+            )
+        _check(User, User.USERNAME_FIELD, admin, f"Admin username {admin!r}")
+        if User.objects.filter(username=admin).exists():
+            raise CommandError(f"A console user {admin!r} exists already.")
 
         password = self._password(options["password_file"])
         try:
             tenant, owner, password = do_create_tenant(
                 name=name,
                 slug=slug,
-                admin_username=options["admin"],
+                admin_username=admin,
                 admin_password=password,
             )
         except TenantExistsError:
@@ -54,7 +80,7 @@ class Command(BaseCommand):
 
         self.stdout.write(f"Tenant {tenant.name} ({tenant.slug}): {tenant.pk}")
         self.stdout.write(f"Owner admin member: {owner.pk}")
-        self.stdout.write(f"Console login: {options['admin']}")
+        self.stdout.write(f"Console login: {admin}")
         if options["password_file"] is None:
             self.stdout.write(f"Console password (shown once): {password}")
 
