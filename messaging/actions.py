@@ -19,6 +19,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 import audit
+from agentvault.observability import metrics
 from enrollment.models import Device
 from messaging import events, ratelimit
 from messaging.conf import messaging_settings
@@ -202,6 +203,7 @@ def check_send_rate(device_id: uuid.UUID) -> None:
         burst=int(messaging_settings.SEND_BURST),
     )
     if wait > 0:
+        metrics.RATE_LIMITED.labels("send").inc()
         raise SendRateLimitedError(retry_after=wait)
 
 
@@ -350,7 +352,10 @@ def _enqueue(stamp: _Stamp, envelopes: Sequence[Envelope]) -> dict[uuid.UUID, in
     cap = int(messaging_settings.QUEUE_CAP)
     full = sorted(str(device) for device, _, depth in rows if depth > cap)
     if full:
+        metrics.QUEUE_FULL.inc()
         raise RecipientQueueFullError(fields={"devices": full})
+    depths = [depth for _, _, depth in rows]
+    transaction.on_commit(lambda: _observe_depths(depths))
     return {device: seq for device, seq, _ in rows}
 
 
@@ -372,6 +377,7 @@ def do_send_message(
     client_message_id: str,
     envelopes: Sequence[Envelope],
     savepoint: bool = True,
+    transport: str = "rest",
 ) -> SendResult:
     """Store a message and one delivery per recipient device, atomically.
 
@@ -413,16 +419,25 @@ def do_send_message(
         # then purges what it stored. A refusal rolls the message back too.
         _check_recipients(room_id, sender.pk, envelopes)
 
-        stamp = _Stamp(
-            tenant_id, message_id, room_id, sender.pk, sender.member_id, now
-        )
+        stamp = _Stamp(tenant_id, message_id, room_id, sender.pk, sender.member_id, now)
         sequence = _enqueue(stamp, envelopes) if envelopes else {}
         events.publish_on_commit(
             [events.wake(device, seq) for device, seq in sorted(sequence.items())]
         )
+        transaction.on_commit(lambda: _count_stored(transport, envelopes=len(sequence)))
 
     logger.debug("Stored message %s for %d devices", message_id, len(envelopes))
     return SendResult(message_id=message_id, server_ts=now, created=True)
+
+
+def _observe_depths(depths: list[int]) -> None:
+    for depth in depths:
+        metrics.QUEUE_DEPTH.observe(depth)
+
+
+def _count_stored(transport: str, *, envelopes: int) -> None:
+    metrics.MESSAGES_STORED.labels(transport).inc()
+    metrics.ENVELOPES_STORED.inc(envelopes)
 
 
 # --- Inbox and acknowledgement ---------------------------------------------------
@@ -485,7 +500,9 @@ RETURNING acked_seq, (SELECT count(*) FROM gone)
 """
 
 
-def do_ack(device_id: uuid.UUID, up_to_seq: int) -> tuple[int, int]:
+def do_ack(
+    device_id: uuid.UUID, up_to_seq: int, *, transport: str = "rest"
+) -> tuple[int, int]:
     """Delete the device's deliveries up to ``up_to_seq``; return (acked, deleted).
 
     Acknowledging past the last sequence number is clamped to it, so the
@@ -494,8 +511,10 @@ def do_ack(device_id: uuid.UUID, up_to_seq: int) -> tuple[int, int]:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_ACK_SQL, [device_id, up_to_seq, up_to_seq, device_id])
         row = cursor.fetchone()
+    metrics.ACKS.labels(transport).inc()
     if row is None:
         return 0, 0
+    metrics.ENVELOPES_ACKED.inc(int(row[1]))
     return int(row[0]), int(row[1])
 
 

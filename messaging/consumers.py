@@ -66,6 +66,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from agentvault.errors import ApiError, BadRequestError
+from agentvault.observability import metrics
 from messaging import events, sockets
 from messaging.actions import check_send_rate
 from messaging.conf import messaging_settings
@@ -165,6 +166,9 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.group = group
 
         await self.accept(subprotocol)
+        self.counted_open = True
+        metrics.WEBSOCKET_CONNECTIONS.labels("accepted").inc()
+        metrics.WEBSOCKET_CONNECTIONS_OPEN.inc()
         await events.apublish([events.replace(identity.device_id, identity.epoch)])
         self.last_pushed = identity.acked_seq
         self.wakeup = asyncio.Event()
@@ -185,12 +189,17 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def _refuse(self, subprotocol: str | None, code: int) -> None:
         self.closing = True
+        metrics.WEBSOCKET_CONNECTIONS.labels("refused").inc()
+        metrics.WEBSOCKET_CLOSES.labels(str(code)).inc()
         await self.accept(subprotocol)
         await self.close(code=code)
 
     async def disconnect(self, code: int) -> None:
         """Stop the socket's tasks and leave its group (safe to call twice)."""
         self.closing = True
+        if getattr(self, "counted_open", False):
+            self.counted_open = False
+            metrics.WEBSOCKET_CONNECTIONS_OPEN.dec()
         for task in getattr(self, "tasks", []):
             task.cancel()
         if self.group is not None:
@@ -210,6 +219,7 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if self.closing:
             return
         self.closing = True
+        metrics.WEBSOCKET_CLOSES.labels(str(code)).inc()
         logger.info(
             "Closing relay socket of %s with %d (%s)",
             self.identity.device_id if self.identity else "-",
@@ -346,6 +356,11 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                         if self.pushed and self.inflight_bytes + size > byte_window:
                             break
                         await self._frame("envelope", **inbox_entry(entry))
+                        metrics.ENVELOPES_PUSHED.labels("websocket").inc()
+                        if backlog_done:
+                            metrics.DELIVERY_LATENCY.observe(
+                                max(0.0, time.time() - entry.server_ts.timestamp())
+                            )
                         self.pushed.append((entry.seq, time.monotonic(), size))
                         self.inflight_bytes += size
                         self.last_pushed = entry.seq

@@ -170,7 +170,7 @@ def ack_for_socket(identity: SocketIdentity, up_to_seq: int) -> int:
     """Delete acknowledged deliveries; return the acknowledged mark."""
     with tenant_scope(identity.tenant_id):
         _check(identity)
-        acked, _ = actions.do_ack(identity.device_id, up_to_seq)
+        acked, _ = actions.do_ack(identity.device_id, up_to_seq, transport="websocket")
     return acked
 
 
@@ -198,5 +198,6 @@ def send_for_socket(
                 client_message_id=send.client_message_id,
                 envelopes=send.envelopes,
                 savepoint=False,
+                transport="websocket",
             )
     return result, list(outgoing)

@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 from agentvault.auth.drf import IsActiveDevice, IsTenantAdmin
 from agentvault.auth.principal import Principal
 from agentvault.errors import BadRequestError
+from agentvault.observability import metrics
 from enrollment.models import Device
 from messaging import actions
 from messaging.conf import messaging_settings
@@ -210,6 +211,7 @@ class InboxView(APIView):
         device = _device(request)
 
         entries = actions.get_inbox(device.pk, after=after, limit=limit)
+        metrics.ENVELOPES_PUSHED.labels("rest").inc(len(entries))
         return Response({"envelopes": [inbox_entry(entry) for entry in entries]})
 
 

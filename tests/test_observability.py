@@ -602,3 +602,90 @@ def test_tracing_stays_off_without_the_environment() -> None:
     assert tracing_requested({"OTEL_TRACES_EXPORTER": "none"}) is False
     assert tracing_requested({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}) is True
     assert tracing_requested({"OTEL_TRACES_EXPORTER": "console"}) is True
+
+
+# --- Metrics move with the relay's work -------------------------------------------
+
+
+def _sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(name, labels or None)
+    return value or 0.0
+
+
+@pytest.mark.django_db
+def test_metrics_move_on_send_ack_auth_failure_and_revocation(
+    tenant_a: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from django.test import Client
+    from rest_framework.test import APIClient
+
+    from messaging.tests.helpers import make_room
+    from tests.support import device_token
+
+    w = tenant_a
+    room = make_room(w.owner, w.agent)
+    api = APIClient()
+    before = {
+        "stored": _sample("agentvault_messages_stored_total", transport="rest"),
+        "envelopes": _sample("agentvault_envelopes_stored_total"),
+        "pushed": _sample("agentvault_envelopes_pushed_total", transport="rest"),
+        "acks": _sample("agentvault_acks_total", transport="rest"),
+        "acked": _sample("agentvault_envelopes_acked_total"),
+        "revoked": _sample("agentvault_revocations_total", source="api"),
+    }
+    failures_before = sum(
+        _sample("agentvault_auth_failures_total", transport="http", reason=reason)
+        for reason in ("invalid_token", "token_expired", "device_revoked")
+    )
+
+    # A send over REST: one message, one envelope for the agent's device.
+    # Committed-work counters move on commit, which a test transaction defers.
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {device_token(w.owner_device.device)}")
+    with django_capture_on_commit_callbacks(execute=True):
+        sent = api.post(
+            f"/api/v1/rooms/{room.pk}/messages",
+            {
+                "client_message_id": "m-1",
+                "envelopes": [
+                    {"device_id": str(w.agent_device.device.pk), "ciphertext": "AAAA"}
+                ],
+            },
+            format="json",
+        )
+    assert sent.status_code == 201, sent.json()
+
+    # The agent fetches and acknowledges it.
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {device_token(w.agent_device.device)}")
+    inbox = api.get("/api/v1/devices/me/inbox").json()["envelopes"]
+    assert len(inbox) == 1
+    ack = api.post(
+        "/api/v1/devices/me/inbox/ack", {"up_to_seq": inbox[0]["seq"]}, format="json"
+    )
+    assert ack.status_code == 200
+
+    # A refused token, then an admin revokes the member's device.
+    Client().get("/api/v1/rooms", HTTP_AUTHORIZATION="Bearer not-a-token")
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {device_token(w.admin_device.device)}")
+    with django_capture_on_commit_callbacks(execute=True):
+        revoked = api.post(f"/api/v1/devices/{w.member_device.device.pk}/revoke")
+    assert revoked.status_code == 200
+
+    after_failures = sum(
+        _sample("agentvault_auth_failures_total", transport="http", reason=reason)
+        for reason in ("invalid_token", "token_expired", "device_revoked")
+    )
+    assert _sample("agentvault_messages_stored_total", transport="rest") == (
+        before["stored"] + 1
+    )
+    assert _sample("agentvault_envelopes_stored_total") == before["envelopes"] + 1
+    assert _sample("agentvault_envelopes_pushed_total", transport="rest") == (
+        before["pushed"] + 1
+    )
+    assert _sample("agentvault_acks_total", transport="rest") == before["acks"] + 1
+    assert _sample("agentvault_envelopes_acked_total") == before["acked"] + 1
+    assert after_failures == failures_before + 1
+    assert _sample("agentvault_revocations_total", source="api") == (
+        before["revoked"] + 1
+    )
