@@ -206,9 +206,7 @@ class Command(BaseCommand):
                     raise CommandError("The fingerprints differ; not approving.")
                 return do_approve_device(device, acting=owner)
 
-        self._enroll(
-            "owner", owner_invite.token, "owner-laptop", url, approve
-        )
+        self._enroll("owner", owner_invite.token, "owner-laptop", url, approve)
         agent_device = self._enroll(
             "agent", agent_invite.token, "agent-host", url, approve
         )
