@@ -23,8 +23,8 @@ test: $(STAMP)  ## Run the whole test suite.
 	$(BIN)/pytest
 
 lint: $(STAMP)  ## Formatting, lint and types of the server code.
-	$(BIN)/ruff format --check .
-	$(BIN)/ruff check .
+	$(BIN)/ruff format --check agentvault tenants audit enrollment messaging tests
+	$(BIN)/ruff check agentvault tenants audit enrollment messaging tests
 	$(BIN)/mypy agentvault tenants audit enrollment messaging
 
 migrate: $(STAMP)

