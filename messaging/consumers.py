@@ -20,7 +20,8 @@ the token), or in ``?token=``. The socket is accepted and then closed with
 the code below, so clients can tell the reasons apart.
 
 Delivery: PostgreSQL is the only source of what to push. A channel-layer
-wake-up (or a sweep every ``SWEEP_INTERVAL`` seconds, or an ack opening the
+wake-up (or the per-process sweep every ``SWEEP_INTERVAL`` seconds, which
+wakes the sockets behind their queue's last ``seq``, or an ack opening the
 window) makes the socket read deliveries after the last one it pushed. At
 most ``MAX_IN_FLIGHT`` envelopes (and ``MAX_IN_FLIGHT_BYTES`` of ciphertext,
 beyond the first envelope) are unacknowledged per socket, which bounds the
@@ -58,6 +59,7 @@ import json
 import logging
 import time
 import uuid
+import weakref
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -108,6 +110,10 @@ def _db(fn: Any) -> Any:
     return database_sync_to_async(fn, thread_sensitive=False)
 
 
+# Close tasks started from timer callbacks, kept until done.
+_closers: set[asyncio.Task[None]] = set()
+
+
 class _Bucket:
     """A token bucket for one socket's inbound frames."""
 
@@ -127,6 +133,92 @@ class _Bucket:
         return True
 
 
+class _Monitor:
+    """The per-process sweep and status check of every relay socket.
+
+    Started by the first socket on an event loop and stopped when its last
+    socket leaves. Every ``min(SWEEP_INTERVAL, STATUS_INTERVAL)`` seconds it
+    reads, with one query per tenant that has sockets here, the status and
+    queue head of all their devices; it closes the sockets of revoked,
+    replaced or deactivated devices (a fallback: revocation closes within a
+    second through ``relay.revoke``, and every inbound frame re-checks) and,
+    when a sweep is due, wakes the sockets that have not pushed up to their
+    queue's last ``seq`` (a fallback for dropped wake-ups).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.sockets: dict[uuid.UUID, set[RelayConsumer]] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, consumer: RelayConsumer) -> None:
+        assert consumer.identity is not None
+        self.sockets.setdefault(consumer.identity.tenant_id, set()).add(consumer)
+        if self.task is None or self.task.done():
+            self.task = self.loop.create_task(self._run())
+
+    def discard(self, consumer: RelayConsumer) -> None:
+        if consumer.identity is None:
+            return
+        tenant = self.sockets.get(consumer.identity.tenant_id)
+        if tenant is None:
+            return
+        tenant.discard(consumer)
+        if not tenant:
+            del self.sockets[consumer.identity.tenant_id]
+        if not self.sockets and self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+    async def _run(self) -> None:
+        last_sweep = time.monotonic()
+        while self.sockets:
+            sweep_every = float(messaging_settings.SWEEP_INTERVAL)
+            status_every = float(messaging_settings.STATUS_INTERVAL)
+            await asyncio.sleep(min(sweep_every, status_every))
+            sweep_due = time.monotonic() - last_sweep >= sweep_every - 0.01
+            if sweep_due:
+                last_sweep = time.monotonic()
+            try:
+                await self.tick(sweep=sweep_due)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("Relay socket survey failed")
+
+    async def tick(self, *, sweep: bool = True) -> None:
+        """Check every live socket of this loop once (one query per tenant)."""
+        live = {
+            tenant_id: [c for c in consumers if not c.closing]
+            for tenant_id, consumers in self.sockets.items()
+        }
+        wanted = {
+            tenant_id: sorted({c.device_id for c in consumers})
+            for tenant_id, consumers in live.items()
+            if consumers
+        }
+        if not wanted:
+            return
+        states = await _db(sockets.survey_devices)(wanted)
+        for consumers in live.values():
+            for consumer in consumers:
+                await consumer.surveyed(states.get(consumer.device_id), sweep=sweep)
+
+
+_monitors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Monitor] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def monitor() -> _Monitor:
+    """Return the socket monitor of the running event loop."""
+    loop = asyncio.get_running_loop()
+    found = _monitors.get(loop)
+    if found is None:
+        found = _monitors[loop] = _Monitor(loop)
+    return found
+
+
 class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     """One device's relay socket: push its queue, take its sends and acks."""
 
@@ -136,6 +228,9 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         """Authenticate, join the device's group, greet and start pushing."""
         self.closing = False
         self.tasks: list[asyncio.Task[None]] = []
+        self.timers: list[asyncio.TimerHandle] = []
+        self.ack_timer: asyncio.TimerHandle | None = None
+        self.monitor: _Monitor | None = None
         self.pushed: collections.deque[tuple[int, float, int]] = collections.deque()
         self.inflight_bytes = 0
         self.group: str | None = None
@@ -181,10 +276,15 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             device_id=str(identity.device_id),
             last_acked_seq=identity.acked_seq,
         )
-        self.tasks = [
-            asyncio.create_task(self._pump()),
-            asyncio.create_task(self._watch()),
-        ]
+        self.tasks = [asyncio.create_task(self._pump())]
+        loop = asyncio.get_running_loop()
+        self.timers.append(
+            loop.call_later(
+                max(0.0, identity.expires_at - time.time()), self._token_expired
+            )
+        )
+        self.monitor = monitor()
+        self.monitor.add(self)
         logger.info("Relay socket open for device %s", identity.device_id)
 
     async def _refuse(self, subprotocol: str | None, code: int) -> None:
@@ -200,8 +300,7 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if getattr(self, "counted_open", False):
             self.counted_open = False
             metrics.WEBSOCKET_CONNECTIONS_OPEN.dec()
-        for task in getattr(self, "tasks", []):
-            task.cancel()
+        self._stop()
         if self.group is not None:
             group, self.group = self.group, None
             try:
@@ -226,11 +325,23 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             code,
             reason,
         )
+        self._stop()
+        await self.close(code=code)
+
+    def _stop(self) -> None:
+        """Leave the monitor, cancel timers and tasks (but not the caller)."""
+        if getattr(self, "monitor", None) is not None:
+            self.monitor.discard(self)  # type: ignore[union-attr]
+            self.monitor = None
+        for timer in getattr(self, "timers", []):
+            timer.cancel()
+        if getattr(self, "ack_timer", None) is not None:
+            self.ack_timer.cancel()  # type: ignore[union-attr]
+            self.ack_timer = None
         current = asyncio.current_task()
-        for task in self.tasks:
+        for task in getattr(self, "tasks", []):
             if task is not current:
                 task.cancel()
-        await self.close(code=code)
 
     async def _frame(self, kind: str, **fields: Any) -> None:
         if not self.closing:
@@ -335,7 +446,6 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         assert self.identity is not None
         window = int(messaging_settings.MAX_IN_FLIGHT)
         byte_window = int(messaging_settings.MAX_IN_FLIGHT_BYTES)
-        sweep = float(messaging_settings.SWEEP_INTERVAL)
         backlog_done = False
         try:
             while not self.closing:
@@ -364,6 +474,7 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                         self.pushed.append((entry.seq, time.monotonic(), size))
                         self.inflight_bytes += size
                         self.last_pushed = entry.seq
+                        self._arm_ack_timer()
                         sent += 1
                     drained = sent == len(entries) and not more
                     if not backlog_done and drained:
@@ -371,10 +482,7 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                         await self._frame("queue_empty")
                     if not drained:
                         continue
-                try:
-                    await asyncio.wait_for(self.wakeup.wait(), timeout=sweep)
-                except TimeoutError:
-                    pass
+                await self.wakeup.wait()
         except SocketClosedError as exc:
             await self._shut(exc.close_code, exc.reason)
         except asyncio.CancelledError:
@@ -383,32 +491,55 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             logger.exception("Relay delivery failed for %s", self.identity.device_id)
             await self._shut(1011, "delivery failed")
 
-    async def _watch(self) -> None:
-        """Close on token expiry, slow acknowledgement, or a changed device."""
-        assert self.identity is not None
+    def _close_soon(self, code: int, reason: str) -> None:
+        """Close from a timer callback (outside any task of this socket)."""
+        if self.closing:
+            return
+        task = asyncio.get_running_loop().create_task(self._shut(code, reason))
+        _closers.add(task)
+        task.add_done_callback(_closers.discard)
+
+    def _token_expired(self) -> None:
+        self._close_soon(sockets.CLOSE_UNAUTHENTICATED, "token expired")
+
+    def _arm_ack_timer(self) -> None:
+        """Watch the oldest unacknowledged envelope (a timer, only while any)."""
+        if self.ack_timer is not None or not self.pushed or self.closing:
+            return
+        deadline = self.pushed[0][1] + float(messaging_settings.ACK_TIMEOUT)
+        self.ack_timer = asyncio.get_running_loop().call_later(
+            max(0.0, deadline - time.monotonic()) + 0.01, self._ack_timer_fired
+        )
+
+    def _ack_timer_fired(self) -> None:
+        self.ack_timer = None
+        if self.closing or not self.pushed:
+            return
         ack_timeout = float(messaging_settings.ACK_TIMEOUT)
-        status_every = float(messaging_settings.STATUS_INTERVAL)
-        next_status = time.monotonic() + status_every
-        try:
-            while not self.closing:
-                await asyncio.sleep(min(1.0, ack_timeout / 4, status_every))
-                now = time.monotonic()
-                if time.time() >= self.identity.expires_at:
-                    await self._shut(sockets.CLOSE_UNAUTHENTICATED, "token expired")
-                    return
-                if self.pushed and now - self.pushed[0][1] > ack_timeout:
-                    await self._shut(sockets.CLOSE_TOO_SLOW, "unacknowledged")
-                    return
-                if now >= next_status:
-                    next_status = now + status_every
-                    await _db(sockets.check_socket)(self.identity)
-        except SocketClosedError as exc:
-            await self._shut(exc.close_code, exc.reason)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("Relay watch failed for %s", self.identity.device_id)
-            await self._shut(1011, "watch failed")
+        if time.monotonic() - self.pushed[0][1] > ack_timeout:
+            self._close_soon(sockets.CLOSE_TOO_SLOW, "unacknowledged")
+            return
+        self._arm_ack_timer()
+
+    @property
+    def device_id(self) -> uuid.UUID:
+        """The socket's device (only once authenticated)."""
+        assert self.identity is not None
+        return self.identity.device_id
+
+    async def surveyed(self, state: sockets.DeviceState | None, *, sweep: bool) -> None:
+        """Act on the per-process survey: close, or wake the delivery loop."""
+        if self.closing or self.identity is None:
+            return
+        if state is None:
+            await self._shut(sockets.CLOSE_REVOKED, "device_not_active")
+            return
+        refusal = state.close_for(self.identity)
+        if refusal is not None:
+            await self._shut(refusal.close_code, refusal.reason)
+            return
+        if sweep and state.last_seq > self.last_pushed:
+            self.wakeup.set()
 
     # Channel-layer events ---------------------------------------------------------
 

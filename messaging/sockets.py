@@ -4,9 +4,10 @@ The relay consumer calls each function here through
 ``database_sync_to_async`` on a pool thread, with a connection from the
 pool, so none of them may rely on anything a previous call left on a
 connection: each opens ``tenant_scope`` itself, does its work and returns
-plain values. The units behind inbound frames (ack, send, ping) and the
-timer re-read the device, so a revocation, a newer socket of the same device
-or a deactivated member is noticed on every frame.
+plain values. The units behind inbound frames (ack, send, ping) re-read the
+device, so a revocation, a newer socket of the same device or a deactivated
+member is noticed on every frame; ``survey_devices`` re-reads all the
+sockets of one process on a timer, one query per tenant.
 """
 
 from __future__ import annotations
@@ -144,9 +145,65 @@ def _check(identity: SocketIdentity, *, room_id: uuid.UUID | None = None) -> Non
 
 
 def check_socket(identity: SocketIdentity) -> None:
-    """Re-check the device on a timer or a ``ping``."""
+    """Re-check the device on a ``ping``."""
     with tenant_scope(identity.tenant_id):
         _check(identity)
+
+
+_SURVEY_SQL = """
+SELECT q.device_id, d.status, m.is_active, q.connection_epoch, q.last_seq
+  FROM messaging_devicequeue AS q
+  JOIN enrollment_device AS d ON d.id = q.device_id
+  JOIN tenants_member AS m ON m.id = d.member_id
+ WHERE q.device_id = ANY(%s::uuid[])
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceState:
+    """One device's row as the per-process survey reads it."""
+
+    active: bool
+    member_active: bool
+    epoch: int
+    last_seq: int
+
+    def close_for(self, identity: SocketIdentity) -> SocketClosedError | None:
+        """Return why a socket of ``identity`` must close, or None.
+
+        The same verdicts, in the same order, as the per-frame check.
+        """
+        if not self.active:
+            return SocketClosedError(CLOSE_REVOKED, "device_revoked")
+        if not self.member_active:
+            return SocketClosedError(CLOSE_UNAUTHENTICATED, "member_inactive")
+        if self.epoch > identity.epoch:
+            return SocketClosedError(CLOSE_REPLACED, "replaced")
+        return None
+
+
+def survey_devices(
+    tenants: dict[uuid.UUID, list[uuid.UUID]],
+) -> dict[uuid.UUID, DeviceState]:
+    """Read the status and queue head of every listed device, tenant by tenant.
+
+    One query per tenant (in that tenant's scope, which row-level security
+    requires), whatever the number of its sockets. A device missing from the
+    answer has no queue row the scope can see: treat it as revoked.
+    """
+    states: dict[uuid.UUID, DeviceState] = {}
+    for tenant_id, device_ids in tenants.items():
+        with tenant_scope(tenant_id), connection.cursor() as cursor:
+            cursor.execute(_SURVEY_SQL, [device_ids])
+            rows = cursor.fetchall()
+        for device_id, status, member_active, epoch, last_seq in rows:
+            states[device_id] = DeviceState(
+                active=status == Device.Status.ACTIVE,
+                member_active=bool(member_active),
+                epoch=int(epoch),
+                last_seq=int(last_seq),
+            )
+    return states
 
 
 def fetch_for_socket(
@@ -158,8 +215,8 @@ def fetch_for_socket(
     No device check is needed here: revocation deletes the device's
     deliveries in the transaction that revokes it, and sends to a revoked
     device are refused, so whatever this reads was committed before any
-    revocation. The status is re-checked on every inbound frame and on a
-    timer.
+    revocation. The status is re-checked on every inbound frame and by the
+    per-process survey (``survey_devices``).
     """
     with tenant_scope(identity.tenant_id):
         entries = actions.get_inbox(identity.device_id, after=after, limit=limit + 1)
