@@ -17,7 +17,7 @@ import uuid
 
 from django.db import connection
 
-from agentvault.auth.principal import resolve_principal, tenant_of
+from agentvault.auth.principal import tenant_of
 from agentvault.auth.tokens import TokenError, verify_token
 from enrollment.models import Device
 from messaging import actions, events
@@ -56,13 +56,30 @@ class SocketIdentity:
     acked_seq: int
 
 
-_OPEN_QUEUE_SQL = """
-INSERT INTO messaging_devicequeue
-       (device_id, tenant_id, last_seq, acked_seq, depth, connection_epoch)
-VALUES (%s, %s, 0, 0, 0, 1)
-ON CONFLICT (device_id) DO UPDATE
-   SET connection_epoch = messaging_devicequeue.connection_epoch + 1
-RETURNING connection_epoch, acked_seq
+# One statement for the whole open: lock the device row (device row before
+# queue row, the order revocation locks them), read its status and member,
+# and only for an active device of an active member bump the queue's socket
+# epoch (creating the queue row on first use). It replaces a principal lookup,
+# a locking re-read of the device and the upsert: three round trips.
+_OPEN_SQL = """
+WITH dev AS (
+    SELECT d.id, d.status, m.is_active
+      FROM enrollment_device AS d
+      JOIN tenants_member AS m ON m.id = d.member_id
+     WHERE d.id = %(device)s::uuid AND d.member_id = %(member)s::uuid
+       FOR NO KEY UPDATE OF d
+), queue AS (
+    INSERT INTO messaging_devicequeue
+           (device_id, tenant_id, last_seq, acked_seq, depth, connection_epoch)
+    SELECT dev.id, %(tenant)s::uuid, 0, 0, 0, 1
+      FROM dev
+     WHERE dev.status = %(active)s AND dev.is_active
+    ON CONFLICT (device_id) DO UPDATE
+       SET connection_epoch = messaging_devicequeue.connection_epoch + 1
+    RETURNING connection_epoch, acked_seq
+)
+SELECT dev.status, dev.is_active, queue.connection_epoch, queue.acked_seq
+  FROM dev LEFT JOIN queue ON true
 """
 
 
@@ -70,39 +87,46 @@ def authenticate_socket(token: str) -> SocketIdentity:
     """Verify a device token and open the device's socket epoch.
 
     Token verification (which may fetch an issuer's key set) runs here, off
-    the event loop. Only device tokens may open the relay.
+    the event loop. Only device tokens may open the relay. The verdicts are
+    those of ``resolve_principal`` for a device token (unknown device or
+    inactive member 4401, revoked device 4403), then 4403 for a device not
+    yet approved, read in one locking statement.
     """
     try:
         verified = verify_token(token)
         if verified.kind != "device":
             raise TokenError("device_required")
         tenant_id = tenant_of(verified)
-        with tenant_scope(tenant_id):
-            principal = resolve_principal(verified, tenant_id)
-            device = principal.device
-            assert isinstance(device, Device)
-            if device.status != Device.Status.ACTIVE:
-                raise SocketClosedError(CLOSE_REVOKED, "device_not_active")
-            # Device row before queue row, the order revocation locks them.
-            still_active = list(
-                Device.objects.active()
-                .filter(pk=device.pk)
-                .select_for_update(no_key=True)
-                .values_list("pk", flat=True)
+        device_id = uuid.UUID(verified.subject)
+        member_id = uuid.UUID(str(verified.claims["mid"]))
+        with tenant_scope(tenant_id), connection.cursor() as cursor:
+            cursor.execute(
+                _OPEN_SQL,
+                {
+                    "device": device_id,
+                    "member": member_id,
+                    "tenant": tenant_id,
+                    "active": Device.Status.ACTIVE.value,
+                },
             )
-            if not still_active:
+            row = cursor.fetchone()
+            if row is None:
+                raise TokenError("invalid_token")
+            status, member_active, epoch, acked = row
+            if status == Device.Status.REVOKED:
+                raise TokenError("device_revoked")
+            if not member_active:
+                raise TokenError("invalid_token")
+            if status != Device.Status.ACTIVE or epoch is None:
                 raise SocketClosedError(CLOSE_REVOKED, "device_not_active")
-            with connection.cursor() as cursor:
-                cursor.execute(_OPEN_QUEUE_SQL, [device.pk, tenant_id])
-                epoch, acked = cursor.fetchone()
     except TokenError as exc:
         close = CLOSE_REVOKED if exc.code == "device_revoked" else CLOSE_UNAUTHENTICATED
         raise SocketClosedError(close, exc.code) from None
 
     return SocketIdentity(
         tenant_id=tenant_id,
-        device_id=device.pk,
-        member_id=device.member_id,
+        device_id=device_id,
+        member_id=member_id,
         expires_at=verified.expires_at,
         epoch=int(epoch),
         acked_seq=int(acked),

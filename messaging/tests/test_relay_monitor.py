@@ -15,9 +15,16 @@ from enrollment.models import Device
 from messaging import consumers, events, ratelimit, sockets
 from messaging.actions import Envelope, do_send_message
 from messaging.tests.helpers import make_room
-from messaging.tests.relay_client import close_code, db, frames_until, open_socket
+from messaging.tests.relay_client import (
+    close_code,
+    communicator,
+    db,
+    frames_until,
+    open_socket,
+)
+from tenants.models import Member
 from tenants.scope import tenant_scope
-from tests.support import TenantWorld, make_device
+from tests.support import TenantWorld, device_token, make_device
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -141,3 +148,24 @@ async def test_idle_sockets_of_one_tenant_cost_one_status_query_per_interval(
     await asyncio.sleep(0.1)
     # The last socket out stops the survey.
     assert consumers.monitor().task is None
+
+
+async def test_a_deactivated_member_is_refused_and_closed_with_4401(
+    tenant_a: TenantWorld, settings: Any
+) -> None:
+    settings.MESSAGING = FAST
+    w = tenant_a
+    comm, _ = await open_socket(w.agent_device.device)
+    await frames_until(comm, "queue_empty")
+
+    @db
+    def deactivate() -> None:
+        with tenant_scope(w.tenant.pk):
+            Member.objects.filter(pk=w.agent.pk).update(is_active=False)
+
+    await deactivate()
+    # The open socket is closed by the survey; a new one is refused.
+    assert await close_code(comm, timeout=5) == 4401
+    refused = communicator(device_token(w.agent_device.device))
+    await refused.connect(timeout=10)
+    assert await close_code(refused) == 4401
