@@ -84,7 +84,7 @@ def _in_other_tenant(tenant_id: uuid.UUID) -> bool:
 
 def _acting_member(acting: Any) -> Member | None:
     if isinstance(acting, Principal):
-        return acting.member  # type: ignore[return-value]
+        return acting.member
     if isinstance(acting, Member):
         return acting
     return None

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from typing import TYPE_CHECKING
 
 from agentvault.auth.tokens import TokenError, VerifiedToken
+
+if TYPE_CHECKING:
+    from enrollment.models import Device
+    from tenants.models import Member
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,8 +24,8 @@ class Principal:
     """An authenticated member, and the device it called from if any."""
 
     tenant_id: uuid.UUID
-    member: object  # tenants.models.Member
-    device: object | None  # enrollment.models.Device
+    member: Member
+    device: Device | None
     token: VerifiedToken
 
     is_authenticated = True
@@ -29,27 +34,27 @@ class Principal:
     @property
     def member_id(self) -> uuid.UUID:
         """Return the id of the calling member."""
-        return self.member.pk  # type: ignore[attr-defined,no-any-return]
+        return self.member.pk
 
     @property
     def device_id(self) -> uuid.UUID | None:
         """Return the id of the calling device, if a device token was used."""
-        return None if self.device is None else self.device.pk  # type: ignore[attr-defined]
+        return None if self.device is None else self.device.pk
 
     @property
     def role(self) -> str:
         """Return the member's role."""
-        return self.member.role  # type: ignore[attr-defined,no-any-return]
+        return self.member.role
 
     @property
     def is_admin(self) -> bool:
         """Return whether the member administers its tenant."""
-        return bool(self.member.is_admin)  # type: ignore[attr-defined]
+        return self.member.is_admin
 
     @property
     def device_status(self) -> str | None:
         """Return the calling device's status, if a device token was used."""
-        return None if self.device is None else self.device.status  # type: ignore[attr-defined]
+        return None if self.device is None else self.device.status
 
     def __repr__(self) -> str:
         return (

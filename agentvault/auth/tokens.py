@@ -209,7 +209,8 @@ Fetcher = Callable[[str, float], bytes]
 
 def _http_fetch(url: str, timeout: float) -> bytes:
     # The URL comes from settings (AV_OIDC_ISSUERS, https only), never a token.
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
+    headers = {"Accept": "application/json"}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
         body: bytes = response.read(1_000_000)
     return body
