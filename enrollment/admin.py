@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django import forms
@@ -58,6 +59,21 @@ class InviteForm(forms.ModelForm):  # type: ignore[type-arg]
                 _("Agents have the agent role, and only agents do.")
             )
         return data
+
+
+def _apply(
+    act: Callable[..., Any], devices: QuerySet[Device], request: HttpRequest
+) -> tuple[int, int]:
+    """Apply an audited device action to each device; count done and refused."""
+    acting = console_member(request)
+    done = refused = 0
+    for device in devices:
+        try:
+            act(device, acting=acting)
+            done += 1
+        except ApiError:
+            refused += 1
+    return done, refused
 
 
 @admin.register(Invite)
@@ -278,14 +294,7 @@ class DeviceAdmin(TenantScopedAdmin):
             return self._confirm(
                 request, queryset, action="approve_devices", verb=_("Approve")
             )
-        acting = console_member(request)
-        done = refused = 0
-        for device in queryset:
-            try:
-                actions.do_approve_device(device, acting=acting)
-                done += 1
-            except ApiError:
-                refused += 1
+        done, refused = _apply(actions.do_approve_device, queryset, request)
         self.message_user(
             request,
             _(
@@ -305,14 +314,7 @@ class DeviceAdmin(TenantScopedAdmin):
             return self._confirm(
                 request, queryset, action="revoke_devices", verb=_("Revoke")
             )
-        acting = console_member(request)
-        count = refused = 0
-        for device in queryset:
-            try:
-                actions.do_revoke_device(device, acting=acting)
-                count += 1
-            except ApiError:
-                refused += 1
+        count, refused = _apply(actions.do_revoke_device, queryset, request)
         self.message_user(
             request,
             _("Revoked %(count)d device(s); %(refused)d not yours to revoke.")

@@ -244,7 +244,8 @@ async def _relay_through_proxy(
 
     frames: list[dict[str, Any]] = []
     url = f"ws://127.0.0.1:{port}/ws/v1/relay?token={recipient_token}"
-    async with websockets.connect(url, origin="http://127.0.0.1") as socket_:  # type: ignore[arg-type]
+    origin: Any = "http://127.0.0.1"
+    async with websockets.connect(url, origin=origin) as socket_:
         frames.append(json.loads(await asyncio.wait_for(socket_.recv(), 10)))
         await asyncio.to_thread(send)
         deadline = time.monotonic() + 15

@@ -129,7 +129,8 @@ def scrubbing_exporter(inner: Any) -> Any:
         """Scrub each span, then hand it to the wrapped exporter."""
 
         def export(self, spans: Sequence[Any]) -> SpanExportResult:
-            return inner.export([scrub_span(span) for span in spans])  # type: ignore[no-any-return]
+            result: SpanExportResult = inner.export([scrub_span(s) for s in spans])
+            return result
 
         def shutdown(self) -> None:
             inner.shutdown()

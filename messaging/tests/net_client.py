@@ -38,7 +38,8 @@ async def recv_json(ws: ClientConnection, timeout: float = 10) -> dict[str, Any]
     """Receive one JSON frame."""
     import asyncio
 
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))  # type: ignore[no-any-return]
+    frame: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    return frame
 
 
 async def close_code(ws: ClientConnection, timeout: float = 10) -> int | None:

@@ -171,7 +171,8 @@ async def test_a_query_string_token_never_reaches_the_worker_log(
 
     token = device_token(tenant_a.agent_device.device)
     url = f"{workers[0].ws}?token={token}"
-    async with connect(url, origin="http://127.0.0.1", open_timeout=10) as ws:  # type: ignore[arg-type]
+    origin: Any = "http://127.0.0.1"
+    async with connect(url, origin=origin, open_timeout=10) as ws:
         hello = json.loads(await ws.recv())
     await asyncio.sleep(0.3)
 
