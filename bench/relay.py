@@ -432,9 +432,8 @@ def main() -> None:
         call_command("migrate", verbosity=0)
         pairs = seed(max(args.pairs))
 
-        from messaging.tests.cluster import layer_url, relay_cluster
+        from messaging.tests.cluster import relay_cluster
 
-        layer = layer_url(redis)
         all_results: list[Result] = []
         for round_number in range(1, args.rounds + 1):
             print(f"round {round_number}", flush=True)
@@ -443,12 +442,12 @@ def main() -> None:
                     "raw websockets", plain_adapter(urls), args.pairs, args
                 )
             for workers in (1, 2):
-                with bare_servers(workers, layer) as urls:
+                with bare_servers(workers, redis) as urls:
                     adapter = plain_adapter(urls)
                     all_results += measure(
                         f"bare channels x{workers}", adapter, args.pairs, args
                     )
-                with relay_cluster(workers, layer, AV_SEND_RATE="1000000") as running:
+                with relay_cluster(workers, redis, AV_SEND_RATE="1000000") as running:
                     adapter = product_adapter([w.ws for w in running], pairs)
                     all_results += measure(
                         f"product x{workers}", adapter, args.pairs, args

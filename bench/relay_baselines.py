@@ -42,7 +42,18 @@ def _bare_application() -> Any:
             CHANNEL_LAYERS={
                 "default": {
                     "BACKEND": "channels_redis.core.RedisChannelLayer",
-                    "CONFIG": {"hosts": [url], "capacity": 200, "prefix": "avbench"},
+                    "CONFIG": {
+                        # The product's host options (agentvault/settings.py).
+                        "hosts": [
+                            {
+                                "address": url,
+                                "socket_timeout": 60.0,
+                                "max_connections": 1000,
+                            }
+                        ],
+                        "capacity": 200,
+                        "prefix": "avbench",
+                    },
                 }
             },
         )

@@ -19,10 +19,12 @@ a ``Sec-WebSocket-Protocol`` entry ``bearer.<token>`` (offer
 the token), or in ``?token=``. The socket is accepted and then closed with
 the code below, so clients can tell the reasons apart.
 
-Delivery: PostgreSQL is the only source of what to push. A channel-layer
-wake-up (or the per-process sweep every ``SWEEP_INTERVAL`` seconds, which
-wakes the sockets behind their queue's last ``seq``, or an ack opening the
-window) makes the socket read deliveries after the last one it pushed. At
+Delivery: PostgreSQL is the only source of what to push. A wake-up (from a
+send in this process, or through the process's wake-up channel; see
+``messaging.hub``), the per-process sweep every ``SWEEP_INTERVAL`` seconds
+(which wakes the sockets behind their queue's last ``seq``) or an ack
+opening the window makes the socket read deliveries after the last one it
+pushed. At
 most ``MAX_IN_FLIGHT`` envelopes (and ``MAX_IN_FLIGHT_BYTES`` of ciphertext,
 beyond the first envelope) are unacknowledged per socket, which bounds the
 memory a client that stops reading can pin on the server; an envelope
@@ -59,19 +61,17 @@ import json
 import logging
 import time
 import uuid
-import weakref
 from typing import Any
 from urllib.parse import parse_qs
 
-from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from agentvault.errors import ApiError, BadRequestError
 from agentvault.observability import metrics
 from messaging import events, sockets
-from messaging.actions import check_send_rate
+from messaging.actions import acheck_send_rate
 from messaging.conf import messaging_settings
+from messaging.hub import RelayHub, relay_hub
 from messaging.serializers import inbox_entry, parse_send, parse_seq, parse_uuid
 from messaging.sockets import SocketClosedError, SocketIdentity
 
@@ -99,17 +99,6 @@ def socket_token(scope: dict[str, Any]) -> tuple[str | None, str | None]:
     return (tokens[0] if tokens else None), chosen
 
 
-def _db(fn: Any) -> Any:
-    """Wrap a unit of database work to run on a pool thread of its own.
-
-    Each unit opens its own tenant scope and returns its connection to the
-    pool when done, so units of different sockets need not queue behind one
-    another on the single thread-sensitive executor; per socket they still
-    run one at a time, in order, because the consumer awaits each.
-    """
-    return database_sync_to_async(fn, thread_sensitive=False)
-
-
 # Close tasks started from timer callbacks, kept until done.
 _closers: set[asyncio.Task[None]] = set()
 
@@ -133,92 +122,6 @@ class _Bucket:
         return True
 
 
-class _Monitor:
-    """The per-process sweep and status check of every relay socket.
-
-    Started by the first socket on an event loop and stopped when its last
-    socket leaves. Every ``min(SWEEP_INTERVAL, STATUS_INTERVAL)`` seconds it
-    reads, with one query per tenant that has sockets here, the status and
-    queue head of all their devices; it closes the sockets of revoked,
-    replaced or deactivated devices (a fallback: revocation closes within a
-    second through ``relay.revoke``, and every inbound frame re-checks) and,
-    when a sweep is due, wakes the sockets that have not pushed up to their
-    queue's last ``seq`` (a fallback for dropped wake-ups).
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.sockets: dict[uuid.UUID, set[RelayConsumer]] = {}
-        self.task: asyncio.Task[None] | None = None
-
-    def add(self, consumer: RelayConsumer) -> None:
-        assert consumer.identity is not None
-        self.sockets.setdefault(consumer.identity.tenant_id, set()).add(consumer)
-        if self.task is None or self.task.done():
-            self.task = self.loop.create_task(self._run())
-
-    def discard(self, consumer: RelayConsumer) -> None:
-        if consumer.identity is None:
-            return
-        tenant = self.sockets.get(consumer.identity.tenant_id)
-        if tenant is None:
-            return
-        tenant.discard(consumer)
-        if not tenant:
-            del self.sockets[consumer.identity.tenant_id]
-        if not self.sockets and self.task is not None:
-            self.task.cancel()
-            self.task = None
-
-    async def _run(self) -> None:
-        last_sweep = time.monotonic()
-        while self.sockets:
-            sweep_every = float(messaging_settings.SWEEP_INTERVAL)
-            status_every = float(messaging_settings.STATUS_INTERVAL)
-            await asyncio.sleep(min(sweep_every, status_every))
-            sweep_due = time.monotonic() - last_sweep >= sweep_every - 0.01
-            if sweep_due:
-                last_sweep = time.monotonic()
-            try:
-                await self.tick(sweep=sweep_due)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("Relay socket survey failed")
-
-    async def tick(self, *, sweep: bool = True) -> None:
-        """Check every live socket of this loop once (one query per tenant)."""
-        live = {
-            tenant_id: [c for c in consumers if not c.closing]
-            for tenant_id, consumers in self.sockets.items()
-        }
-        wanted = {
-            tenant_id: sorted({c.device_id for c in consumers})
-            for tenant_id, consumers in live.items()
-            if consumers
-        }
-        if not wanted:
-            return
-        states = await _db(sockets.survey_devices)(wanted)
-        for consumers in live.values():
-            for consumer in consumers:
-                await consumer.surveyed(states.get(consumer.device_id), sweep=sweep)
-
-
-_monitors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Monitor] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def monitor() -> _Monitor:
-    """Return the socket monitor of the running event loop."""
-    loop = asyncio.get_running_loop()
-    found = _monitors.get(loop)
-    if found is None:
-        found = _monitors[loop] = _Monitor(loop)
-    return found
-
-
 class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     """One device's relay socket: push its queue, take its sends and acks."""
 
@@ -230,7 +133,7 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.tasks: list[asyncio.Task[None]] = []
         self.timers: list[asyncio.TimerHandle] = []
         self.ack_timer: asyncio.TimerHandle | None = None
-        self.monitor: _Monitor | None = None
+        self.hub: RelayHub | None = None
         self.pushed: collections.deque[tuple[int, float, int]] = collections.deque()
         self.inflight_bytes = 0
         self.group: str | None = None
@@ -240,8 +143,9 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if not token:
             await self._refuse(subprotocol, sockets.CLOSE_UNAUTHENTICATED)
             return
+        hub = relay_hub()
         try:
-            identity = await _db(sockets.authenticate_socket)(token)
+            identity = await sockets.open_socket(token, await hub.start())
         except SocketClosedError as exc:
             await self._refuse(subprotocol, exc.close_code)
             return
@@ -276,6 +180,9 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             device_id=str(identity.device_id),
             last_acked_seq=identity.acked_seq,
         )
+        # Registered before the first read, so no local wake-up is missed.
+        self.hub = hub
+        hub.add(self)
         self.tasks = [asyncio.create_task(self._pump())]
         loop = asyncio.get_running_loop()
         self.timers.append(
@@ -283,8 +190,6 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 max(0.0, identity.expires_at - time.time()), self._token_expired
             )
         )
-        self.monitor = monitor()
-        self.monitor.add(self)
         logger.info("Relay socket open for device %s", identity.device_id)
 
     async def _refuse(self, subprotocol: str | None, code: int) -> None:
@@ -329,10 +234,10 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self.close(code=code)
 
     def _stop(self) -> None:
-        """Leave the monitor, cancel timers and tasks (but not the caller)."""
-        if getattr(self, "monitor", None) is not None:
-            self.monitor.discard(self)  # type: ignore[union-attr]
-            self.monitor = None
+        """Leave the hub, cancel timers and tasks (but not the caller)."""
+        if getattr(self, "hub", None) is not None:
+            self.hub.discard(self)  # type: ignore[union-attr]
+            self.hub = None
         for timer in getattr(self, "timers", []):
             timer.cancel()
         if getattr(self, "ack_timer", None) is not None:
@@ -400,7 +305,7 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         assert self.identity is not None
 
-        await _db(sockets.ack_for_socket)(self.identity, up_to)
+        await sockets.ack_for_socket(self.identity, up_to)
         while self.pushed and self.pushed[0][0] <= up_to:
             _, _, size = self.pushed.popleft()
             self.inflight_bytes -= size
@@ -412,19 +317,14 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         try:
             room_id = parse_uuid(frame.get("room_id"), "room_id")
             send = parse_send(frame)
-            # The shared bucket may be a Redis round trip: keep it off the
-            # database thread.
-            await sync_to_async(check_send_rate, thread_sensitive=False)(
-                self.identity.device_id
-            )
-            result, outgoing = await _db(sockets.send_for_socket)(
-                self.identity, room_id, send
-            )
+            await acheck_send_rate(self.identity.device_id)
+            result, queued = await sockets.send_for_socket(self.identity, room_id, send)
         except ApiError as error:
             await self._error(error, client_id)
             return
 
-        await events.apublish(outgoing)
+        if self.hub is not None:
+            self.hub.post(queued)
         await self._frame(
             "sent",
             client_message_id=send.client_message_id,
@@ -434,7 +334,7 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def _on_ping(self, frame: dict[str, Any]) -> None:
         assert self.identity is not None
-        await _db(sockets.check_socket)(self.identity)
+        await sockets.check_socket(self.identity)
         await self._frame("pong")
 
     _handlers = {"ack": _on_ack, "send": _on_send, "ping": _on_ping}
@@ -455,9 +355,12 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                 if room > 0:
                     self.wakeup.clear()
                     batch = min(room, 32)
-                    entries, more = await _db(sockets.fetch_for_socket)(
-                        self.identity, after=self.last_pushed, limit=batch
+                    assert self.hub is not None
+                    entries = await self.hub.read(
+                        self.identity, after=self.last_pushed, limit=batch + 1
                     )
+                    more = len(entries) > batch
+                    entries = entries[:batch]
                     sent = 0
                     for entry in entries:
                         if self.closing:
@@ -521,6 +424,11 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         self._arm_ack_timer()
 
+    def wake(self) -> None:
+        """Make the delivery loop read its queue (new deliveries committed)."""
+        if hasattr(self, "wakeup"):
+            self.wakeup.set()
+
     @property
     def device_id(self) -> uuid.UUID:
         """The socket's device (only once authenticated)."""
@@ -542,11 +450,6 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             self.wakeup.set()
 
     # Channel-layer events ---------------------------------------------------------
-
-    async def relay_wake(self, event: events.WakeEvent) -> None:
-        """Wake the delivery loop: new deliveries were committed."""
-        if hasattr(self, "wakeup"):
-            self.wakeup.set()
 
     async def relay_revoke(self, event: events.RevokeEvent) -> None:
         """Close at once: the device was revoked."""

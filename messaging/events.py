@@ -5,9 +5,13 @@ and every consumer reads what to push from PostgreSQL. Events are published
 after the writing transaction commits (``publish_on_commit``), so nobody
 hears about a write that was rolled back.
 
-Each relay socket joins the group of its device, ``dev.<uuid hex>``. Event
-types map to consumer handlers by Channels' rule (``relay.wake`` calls
-``relay_wake``).
+Each relay socket joins the group of its device, ``dev.<uuid hex>``, which
+carries revocation, replacement and room changes. Wake-ups go to a process
+instead: each relay process has one wake-up channel (``messaging.hub``),
+recorded on the queue row of every device whose newest socket it holds, and
+a send wakes each recipient's process with one ``send`` per process, naming
+the devices, rather than one ``group_send`` per device. Event types map to
+handlers by Channels' rule (``relay.revoke`` calls ``relay_revoke``).
 """
 
 from __future__ import annotations
@@ -16,21 +20,24 @@ import contextlib
 import contextvars
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal, TypedDict
 
 from asgiref.sync import async_to_sync
+from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.db import transaction
+
+from messaging.store import Queued
 
 logger = logging.getLogger(__name__)
 
 
 class WakeEvent(TypedDict):
-    """New deliveries were committed for the device, up to ``seq``."""
+    """New deliveries were committed for these devices (uuid hex)."""
 
     type: Literal["relay.wake"]
-    seq: int
+    devices: list[str]
 
 
 class RevokeEvent(TypedDict):
@@ -54,6 +61,7 @@ class DevicesChangedEvent(TypedDict):
 
 
 RelayEvent = WakeEvent | RevokeEvent | ReplaceEvent | DevicesChangedEvent
+# (group or channel name, event)
 Outgoing = tuple[str, RelayEvent]
 
 
@@ -62,9 +70,19 @@ def device_group(device_id: uuid.UUID | str) -> str:
     return f"dev.{uuid.UUID(str(device_id)).hex}"
 
 
-def wake(device_id: uuid.UUID | str, seq: int) -> Outgoing:
-    """Return the wake-up for a device whose queue grew to ``seq``."""
-    return device_group(device_id), WakeEvent(type="relay.wake", seq=seq)
+def wake(channel: str, devices: Iterable[uuid.UUID]) -> Outgoing:
+    """Return the wake-up of one process for some of its devices."""
+    hexes = sorted({device.hex for device in devices})
+    return channel, WakeEvent(type="relay.wake", devices=hexes)
+
+
+def wakes(queued: Iterable[Queued]) -> list[Outgoing]:
+    """Return one wake-up per process holding a socket of a queued device."""
+    by_channel: dict[str, list[uuid.UUID]] = {}
+    for entry in queued:
+        if entry.channel:
+            by_channel.setdefault(entry.channel, []).append(entry.device_id)
+    return [wake(channel, devices) for channel, devices in sorted(by_channel.items())]
 
 
 def revoke(device_id: uuid.UUID | str) -> Outgoing:
@@ -93,11 +111,23 @@ async def apublish(events: Sequence[Outgoing]) -> None:
     layer = get_channel_layer()
     if layer is None or not events:
         return
-    for group, event in events:
+    for target, event in events:
         try:
-            await layer.group_send(group, dict(event))
+            if is_channel(target):
+                await layer.send(target, dict(event))
+            else:
+                await layer.group_send(target, dict(event))
+        except ChannelFull:
+            # A process that does not drain its channel (stopped, gone):
+            # its sockets catch up on their next read or sweep.
+            logger.debug("Channel %s is full; wake-up dropped", target)
         except Exception:
-            logger.exception("Channel-layer publish to %s failed", group)
+            logger.exception("Channel-layer publish to %s failed", target)
+
+
+def is_channel(target: str) -> bool:
+    """Whether ``target`` names a channel (``a.b!c``) rather than a group."""
+    return "!" in target
 
 
 # Inside a relay consumer's database call the events are collected and sent by

@@ -93,6 +93,8 @@ class DeviceQueue(models.Model):
     still queued; ``acked_seq`` is the highest sequence number acknowledged.
     ``connection_epoch`` grows by one per relay connection of the device, so
     the newest socket wins and older ones close (one live socket per device).
+    The statements that change these rows are SQL functions
+    (``messaging/store.py``).
     """
 
     device = models.OneToOneField(
@@ -103,6 +105,9 @@ class DeviceQueue(models.Model):
     acked_seq = models.BigIntegerField(default=0)
     depth = models.IntegerField(default=0)
     connection_epoch = models.BigIntegerField(default=0)
+    # The wake-up channel of the process holding the device's newest socket
+    # (``messaging.hub``); a stale one only costs a wake-up nobody reads.
+    relay_channel = models.CharField(max_length=200, blank=True, db_default="")
 
     def __str__(self) -> str:
         return f"queue of {self.device_id} at {self.last_seq}"

@@ -16,10 +16,10 @@ from rest_framework import serializers
 
 from agentvault.errors import BadRequestError
 from enrollment.models import Device
-from messaging.actions import Envelope, InboxEntry
 from messaging.conf import messaging_settings
 from messaging.errors import PayloadTooLargeError
 from messaging.models import Room
+from messaging.store import Envelope, InboxEntry
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,13 +1,13 @@
 """Units of database work of one relay socket, each in its own tenant scope.
 
-The relay consumer calls each function here through
-``database_sync_to_async`` on a pool thread, with a connection from the
-pool, so none of them may rely on anything a previous call left on a
-connection: each opens ``tenant_scope`` itself, does its work and returns
-plain values. The units behind inbound frames (ack, send, ping) re-read the
-device, so a revocation, a newer socket of the same device or a deactivated
-member is noticed on every frame; ``survey_devices`` re-reads all the
-sockets of one process on a timer, one query per tenant.
+Opening, sending, acknowledging and checking are each one statement on the
+relay pool (``messaging.store``): a SQL function that enters the socket's
+tenant first, in its own autocommit transaction, so none may rely on
+anything a previous call left on a connection. The units behind inbound
+frames (ack, send, ping) re-read the device, so a revocation, a newer socket
+of the same device or a deactivated member is noticed on every frame;
+``survey_devices`` re-reads all the sockets of one process on a timer, one
+query per tenant, through Django on a pool thread.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
+from asgiref.sync import sync_to_async
 from django.db import connection
 
 from agentvault.auth.principal import tenant_of
 from agentvault.auth.tokens import TokenError, verify_token
 from enrollment.models import Device
-from messaging import actions, events
-from messaging.errors import RoomNotFoundError
+from messaging import actions, store
+from messaging.conf import messaging_settings
 from messaging.serializers import SendRequest
 from tenants.scope import tenant_scope
 
@@ -56,69 +57,50 @@ class SocketIdentity:
     acked_seq: int
 
 
-# One statement for the whole open: lock the device row (device row before
-# queue row, the order revocation locks them), read its status and member,
-# and only for an active device of an active member bump the queue's socket
-# epoch (creating the queue row on first use). It replaces a principal lookup,
-# a locking re-read of the device and the upsert: three round trips.
-_OPEN_SQL = """
-WITH dev AS (
-    SELECT d.id, d.status, m.is_active
-      FROM enrollment_device AS d
-      JOIN tenants_member AS m ON m.id = d.member_id
-     WHERE d.id = %(device)s::uuid AND d.member_id = %(member)s::uuid
-       FOR NO KEY UPDATE OF d
-), queue AS (
-    INSERT INTO messaging_devicequeue
-           (device_id, tenant_id, last_seq, acked_seq, depth, connection_epoch)
-    SELECT dev.id, %(tenant)s::uuid, 0, 0, 0, 1
-      FROM dev
-     WHERE dev.status = %(active)s AND dev.is_active
-    ON CONFLICT (device_id) DO UPDATE
-       SET connection_epoch = messaging_devicequeue.connection_epoch + 1
-    RETURNING connection_epoch, acked_seq
-)
-SELECT dev.status, dev.is_active, queue.connection_epoch, queue.acked_seq
-  FROM dev LEFT JOIN queue ON true
-"""
+_STATE_CLOSES = {
+    "device_not_active": CLOSE_REVOKED,
+    "device_revoked": CLOSE_REVOKED,
+    "member_inactive": CLOSE_UNAUTHENTICATED,
+    "replaced": CLOSE_REPLACED,
+}
 
 
-def authenticate_socket(token: str) -> SocketIdentity:
+def closed_for(error: store.DeviceStateError) -> SocketClosedError:
+    """Return the close that a device-state refusal means for its socket."""
+    return SocketClosedError(
+        _STATE_CLOSES.get(error.outcome, CLOSE_REVOKED), error.outcome
+    )
+
+
+async def open_socket(token: str, channel: str) -> SocketIdentity:
     """Verify a device token and open the device's socket epoch.
 
-    Token verification (which may fetch an issuer's key set) runs here, off
-    the event loop. Only device tokens may open the relay. The verdicts are
-    those of ``resolve_principal`` for a device token (unknown device or
-    inactive member 4401, revoked device 4403), then 4403 for a device not
-    yet approved, read in one locking statement.
+    Token verification (which may fetch an issuer's key set) runs on a
+    thread, off the event loop. Only device tokens may open the relay. The
+    verdicts are those of ``resolve_principal`` for a device token (unknown
+    device or inactive member 4401, revoked device 4403), then 4403 for a
+    device not yet approved, read in one locking statement that also bumps
+    the socket epoch and records ``channel``, the wake-up channel of this
+    process (``messaging_open_socket``).
     """
     try:
-        verified = verify_token(token)
+        verified = await sync_to_async(verify_token, thread_sensitive=False)(token)
         if verified.kind != "device":
             raise TokenError("device_required")
         tenant_id = tenant_of(verified)
         device_id = uuid.UUID(verified.subject)
         member_id = uuid.UUID(str(verified.claims["mid"]))
-        with tenant_scope(tenant_id), connection.cursor() as cursor:
-            cursor.execute(
-                _OPEN_SQL,
-                {
-                    "device": device_id,
-                    "member": member_id,
-                    "tenant": tenant_id,
-                    "active": Device.Status.ACTIVE.value,
-                },
-            )
-            row = cursor.fetchone()
-            if row is None:
-                raise TokenError("invalid_token")
-            status, member_active, epoch, acked = row
-            if status == Device.Status.REVOKED:
-                raise TokenError("device_revoked")
-            if not member_active:
-                raise TokenError("invalid_token")
-            if status != Device.Status.ACTIVE or epoch is None:
-                raise SocketClosedError(CLOSE_REVOKED, "device_not_active")
+        status, member_active, epoch, acked, _ = await store.aopen(
+            tenant_id, device_id, member_id, channel
+        )
+        if status is None:
+            raise TokenError("invalid_token")
+        if status == Device.Status.REVOKED:
+            raise TokenError("device_revoked")
+        if not member_active:
+            raise TokenError("invalid_token")
+        if status != Device.Status.ACTIVE or epoch is None:
+            raise SocketClosedError(CLOSE_REVOKED, "device_not_active")
     except TokenError as exc:
         close = CLOSE_REVOKED if exc.code == "device_revoked" else CLOSE_UNAUTHENTICATED
         raise SocketClosedError(close, exc.code) from None
@@ -129,49 +111,54 @@ def authenticate_socket(token: str) -> SocketIdentity:
         member_id=member_id,
         expires_at=verified.expires_at,
         epoch=int(epoch),
-        acked_seq=int(acked),
+        acked_seq=int(acked or 0),
     )
 
 
-_CHECK_SQL = """
-SELECT d.status, m.is_active, q.connection_epoch,
-       (%s::uuid IS NULL OR EXISTS (
-            SELECT 1 FROM messaging_roommembership AS r
-             WHERE r.room_id = %s::uuid AND r.member_id = d.member_id))
-  FROM messaging_devicequeue AS q
-  JOIN enrollment_device AS d ON d.id = q.device_id
-  JOIN tenants_member AS m ON m.id = d.member_id
- WHERE q.device_id = %s
-"""
+async def check_socket(identity: SocketIdentity) -> None:
+    """Raise ``SocketClosedError`` unless the socket may stay open."""
+    try:
+        await store.astate(identity.tenant_id, identity.device_id, identity.epoch)
+    except store.DeviceStateError as exc:
+        raise closed_for(exc) from None
 
 
-def _check(identity: SocketIdentity, *, room_id: uuid.UUID | None = None) -> None:
-    """Raise ``SocketClosedError`` unless the socket may stay open.
+async def ack_for_socket(identity: SocketIdentity, up_to_seq: int) -> int:
+    """Check the device, delete acknowledged deliveries; return the mark."""
+    try:
+        acked, deleted = await store.aack(
+            identity.tenant_id, identity.device_id, identity.epoch, up_to_seq
+        )
+    except store.DeviceStateError as exc:
+        raise closed_for(exc) from None
+    actions.count_ack("websocket", deleted)
+    return acked
 
-    With ``room_id``, also raise ``not_found`` unless the device's member is
-    in that room (a room of another tenant is invisible, like a missing
-    one). Runs inside the caller's tenant scope, as one query.
+
+async def send_for_socket(
+    identity: SocketIdentity, room_id: uuid.UUID, send: SendRequest
+) -> tuple[store.SendResult, list[store.Queued]]:
+    """Store a send from the socket's device; return it and its deliveries.
+
+    The caller has taken the send from the device's rate bucket, and wakes
+    the recipients once this returns (the statement has committed).
     """
-    with connection.cursor() as cursor:
-        cursor.execute(_CHECK_SQL, [room_id, room_id, identity.device_id])
-        row = cursor.fetchone()
-    if row is None:
-        raise SocketClosedError(CLOSE_REVOKED, "device_not_active")
-    status, member_active, epoch, in_room = row
-    if status != Device.Status.ACTIVE:
-        raise SocketClosedError(CLOSE_REVOKED, "device_revoked")
-    if not member_active:
-        raise SocketClosedError(CLOSE_UNAUTHENTICATED, "member_inactive")
-    if epoch > identity.epoch:
-        raise SocketClosedError(CLOSE_REPLACED, "replaced")
-    if not in_room:
-        raise RoomNotFoundError()
-
-
-def check_socket(identity: SocketIdentity) -> None:
-    """Re-check the device on a ``ping``."""
-    with tenant_scope(identity.tenant_id):
-        _check(identity)
+    try:
+        result, queued = await store.asend(
+            tenant_id=identity.tenant_id,
+            device_id=identity.device_id,
+            member_id=identity.member_id,
+            epoch=identity.epoch,
+            room_id=room_id,
+            client_message_id=send.client_message_id,
+            envelopes=send.envelopes,
+            queue_cap=int(messaging_settings.QUEUE_CAP),
+        )
+    except store.DeviceStateError as exc:
+        raise closed_for(exc) from None
+    if result.created:
+        actions.count_stored("websocket", queued)
+    return result, queued
 
 
 _SURVEY_SQL = """
@@ -228,57 +215,3 @@ def survey_devices(
                 last_seq=int(last_seq),
             )
     return states
-
-
-def fetch_for_socket(
-    identity: SocketIdentity, *, after: int, limit: int
-) -> tuple[list[actions.InboxEntry], bool]:
-    """Return up to ``limit`` queued envelopes after ``after``, and whether
-    more are queued beyond them.
-
-    No device check is needed here: revocation deletes the device's
-    deliveries in the transaction that revokes it, and sends to a revoked
-    device are refused, so whatever this reads was committed before any
-    revocation. The status is re-checked on every inbound frame and by the
-    per-process survey (``survey_devices``).
-    """
-    with tenant_scope(identity.tenant_id):
-        entries = actions.get_inbox(identity.device_id, after=after, limit=limit + 1)
-    return entries[:limit], len(entries) > limit
-
-
-def ack_for_socket(identity: SocketIdentity, up_to_seq: int) -> int:
-    """Delete acknowledged deliveries; return the acknowledged mark."""
-    with tenant_scope(identity.tenant_id):
-        _check(identity)
-        acked, _ = actions.do_ack(identity.device_id, up_to_seq, transport="websocket")
-    return acked
-
-
-def send_for_socket(
-    identity: SocketIdentity, room_id: uuid.UUID, send: SendRequest
-) -> tuple[actions.SendResult, list[events.Outgoing]]:
-    """Store a send from the socket's device; return it and the wake-ups.
-
-    The caller has taken the send from the device's rate bucket. The
-    wake-ups are collected, not published, so the consumer sends them from
-    its event loop once this call (and its transaction) has returned.
-    """
-    with events.collect_events() as outgoing:
-        with tenant_scope(identity.tenant_id):
-            _check(identity, room_id=room_id)
-            sender = Device(
-                pk=identity.device_id,
-                member_id=identity.member_id,
-                tenant_id=identity.tenant_id,
-            )
-            result = actions.do_send_message(
-                room_id,
-                tenant_id=identity.tenant_id,
-                sender=sender,
-                client_message_id=send.client_message_id,
-                envelopes=send.envelopes,
-                savepoint=False,
-                transport="websocket",
-            )
-    return result, list(outgoing)

@@ -210,7 +210,9 @@ class InboxView(APIView):
         )
         device = _device(request)
 
-        entries = actions.get_inbox(device.pk, after=after, limit=limit)
+        entries = actions.get_inbox(
+            device.pk, tenant_id=device.tenant_id, after=after, limit=limit
+        )
         metrics.ENVELOPES_PUSHED.labels("rest").inc(len(entries))
         return Response({"envelopes": [inbox_entry(entry) for entry in entries]})
 
@@ -225,7 +227,9 @@ class InboxAckView(APIView):
         device = _device(request)
 
         acked, deleted = actions.do_ack(
-            device.pk, serializer.validated_data["up_to_seq"]
+            device.pk,
+            serializer.validated_data["up_to_seq"],
+            tenant_id=device.tenant_id,
         )
         return Response({"acked_seq": acked, "deleted": deleted})
 

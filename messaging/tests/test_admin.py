@@ -6,8 +6,9 @@ import pytest
 from django.test import Client
 
 from audit.models import AuditEvent
-from messaging.actions import Envelope, do_send_message
+from messaging.actions import do_send_message
 from messaging.models import RoomMembership
+from messaging.store import Envelope
 from messaging.tests.helpers import make_room
 from tenants.scope import tenant_scope
 from tests.support import TenantWorld

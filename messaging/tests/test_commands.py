@@ -9,8 +9,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from messaging.actions import Envelope, do_send_message
+from messaging.actions import do_send_message
 from messaging.models import Delivery, DeviceQueue, Message, Room, RoomMembership
+from messaging.store import Envelope
 from messaging.tests.helpers import make_room
 from tenants.scope import tenant_scope
 from tests.support import TenantWorld

@@ -15,8 +15,9 @@ from agentvault.auth.tokens import get_registry
 from enrollment.models import Device
 from enrollment.signals import device_revoked
 from messaging import ratelimit
-from messaging.actions import Envelope, do_send_message
+from messaging.actions import do_send_message
 from messaging.models import Delivery, Room
+from messaging.store import Envelope
 from messaging.tests.helpers import envelope, make_room
 from messaging.tests.relay_client import (
     close_code,
@@ -29,7 +30,10 @@ from messaging.tests.relay_client import (
 from tenants.scope import tenant_scope
 from tests.support import TenantWorld, device_token, make_device
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("relay_pool_closed"),
+]
 
 
 @pytest.fixture(autouse=True)

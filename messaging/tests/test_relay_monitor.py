@@ -12,8 +12,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from enrollment.models import Device
-from messaging import consumers, events, ratelimit, sockets
-from messaging.actions import Envelope, do_send_message
+from messaging import events, hub, ratelimit, sockets, store
+from messaging.actions import do_send_message
+from messaging.store import Envelope
 from messaging.tests.helpers import make_room
 from messaging.tests.relay_client import (
     close_code,
@@ -26,7 +27,10 @@ from tenants.models import Member
 from tenants.scope import tenant_scope
 from tests.support import TenantWorld, device_token, make_device
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("relay_pool_closed"),
+]
 
 FAST = {"STATUS_INTERVAL": 0.4, "SWEEP_INTERVAL": 0.4}
 
@@ -123,6 +127,15 @@ async def test_idle_sockets_of_one_tenant_cost_one_status_query_per_interval(
 
         return wrapper
 
+    def counted_store(name: str) -> Any:
+        original = getattr(store, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            per_socket.append(name)
+            return original(*args, **kwargs)
+
+        return wrapper
+
     monkeypatch.setattr(sockets, "survey_devices", counted_survey)
     monkeypatch.setattr(sockets, "check_socket", counted("check_socket"))
 
@@ -132,7 +145,7 @@ async def test_idle_sockets_of_one_tenant_cost_one_status_query_per_interval(
         comm, _ = await open_socket(device)
         await frames_until(comm, "queue_empty")
         comms.append(comm)
-    monkeypatch.setattr(sockets, "fetch_for_socket", counted("fetch_for_socket"))
+    monkeypatch.setattr(store, "ainbox", counted_store("ainbox"))
     surveys.clear()
 
     await asyncio.sleep(5 * FAST["STATUS_INTERVAL"])
@@ -147,7 +160,8 @@ async def test_idle_sockets_of_one_tenant_cost_one_status_query_per_interval(
         await comm.disconnect()
     await asyncio.sleep(0.1)
     # The last socket out stops the survey.
-    assert consumers.monitor().task is None
+    assert hub.relay_hub().survey is None
+    assert hub.relay_hub().listener is None
 
 
 async def test_a_deactivated_member_is_refused_and_closed_with_4401(

@@ -27,8 +27,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from enrollment.models import Device
-from messaging.actions import Envelope, do_send_message
+from messaging.actions import do_send_message
 from messaging.models import Delivery, Message
+from messaging.store import Envelope
 from messaging.tests import cluster
 from messaging.tests.helpers import envelope, make_room
 from messaging.tests.net_client import open_relay, recv_json, rest

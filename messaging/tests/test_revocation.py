@@ -9,8 +9,9 @@ from rest_framework.test import APIClient
 
 from enrollment.actions import do_revoke_device
 from messaging import ratelimit
-from messaging.actions import Envelope, do_send_message
+from messaging.actions import do_send_message
 from messaging.models import Delivery, DeviceQueue
+from messaging.store import Envelope
 from messaging.tests.helpers import as_device, make_room, post_message, send_body
 from tenants.scope import tenant_scope
 from tests.support import TenantWorld

@@ -11,9 +11,10 @@ from rest_framework.test import APIClient
 
 from enrollment.models import Device
 from messaging import ratelimit
-from messaging.actions import Envelope, do_send_message
+from messaging.actions import do_send_message
 from messaging.errors import RecipientQueueFullError
 from messaging.models import Delivery, DeviceQueue, Message
+from messaging.store import Envelope
 from messaging.tests.helpers import (
     as_device,
     envelope,

@@ -1,0 +1,266 @@
+"""The per-process part of the relay: one hub per event loop.
+
+Every relay socket of a process registers with its hub, which does for all
+of them what each would otherwise do alone:
+
+- **Wake-ups.** The hub owns the process's wake-up channel. Opening a socket
+  records that channel on the device's queue row, and a send returns, for
+  each delivery it stored, the channel of the recipient's process. The
+  sending socket wakes recipients in its own process directly and posts one
+  ``relay.wake`` per other process, naming all the devices woken there by
+  the sends of one event-loop turn; the hub's listener wakes the named local
+  sockets. A wake-up only says "read": sockets read what to push from
+  PostgreSQL, so a lost or stale one delays and never loses.
+- **Reads.** Sockets woken in the same turn read their queues with one
+  statement per tenant (``messaging.store.ainbox``) instead of one each.
+- **Survey.** Every ``min(SWEEP_INTERVAL, STATUS_INTERVAL)`` seconds one
+  query per tenant reads the status and queue head of all the process's
+  socket devices; the hub closes the sockets of revoked, replaced or
+  deactivated devices (a fallback: revocation closes within a second through
+  ``relay.revoke``, and every inbound frame re-checks) and, when a sweep is
+  due, wakes those behind their queue (a fallback for dropped wake-ups).
+
+The listener and the survey run while the hub has sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import weakref
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+
+from messaging import events, sockets, store
+from messaging.conf import messaging_settings
+
+if TYPE_CHECKING:
+    from messaging.consumers import RelayConsumer
+
+logger = logging.getLogger(__name__)
+
+# A read: (device, after, limit, where the answer goes).
+_Read = tuple[uuid.UUID, int, int, "asyncio.Future[list[store.InboxEntry]]"]
+
+
+class RelayHub:
+    """The relay sockets of one event loop and the work they share."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.channel = ""
+        self.by_tenant: dict[uuid.UUID, set[RelayConsumer]] = {}
+        self.by_device: dict[uuid.UUID, set[RelayConsumer]] = {}
+        self.listener: asyncio.Task[None] | None = None
+        self.survey: asyncio.Task[None] | None = None
+        self._outbox: dict[str, set[uuid.UUID]] = {}
+        self._reads: dict[uuid.UUID, list[_Read]] = {}
+        self._flushing = False
+
+    async def start(self) -> str:
+        """Return the process's wake-up channel, creating it on first use."""
+        if not self.channel:
+            layer = get_channel_layer()
+            self.channel = await layer.new_channel() if layer is not None else ""
+        return self.channel
+
+    # Sockets -------------------------------------------------------------------
+
+    def add(self, consumer: RelayConsumer) -> None:
+        """Register an open socket; start the listener and the survey."""
+        identity = consumer.identity
+        assert identity is not None
+        self.by_tenant.setdefault(identity.tenant_id, set()).add(consumer)
+        self.by_device.setdefault(identity.device_id, set()).add(consumer)
+        if self.channel and (self.listener is None or self.listener.done()):
+            self.listener = self.loop.create_task(self._listen())
+        if self.survey is None or self.survey.done():
+            self.survey = self.loop.create_task(self._run_survey())
+
+    def discard(self, consumer: RelayConsumer) -> None:
+        """Forget a socket; stop the background tasks after the last one."""
+        identity = consumer.identity
+        if identity is None:
+            return
+        for index, key in (
+            (self.by_tenant, identity.tenant_id),
+            (self.by_device, identity.device_id),
+        ):
+            members = index.get(key)
+            if members is not None:
+                members.discard(consumer)
+                if not members:
+                    del index[key]
+        if not self.by_device:
+            for task in (self.listener, self.survey):
+                if task is not None:
+                    task.cancel()
+            self.listener = self.survey = None
+
+    # Wake-ups ------------------------------------------------------------------
+
+    def wake_local(self, devices: Iterable[uuid.UUID]) -> None:
+        """Wake this process's sockets of ``devices``."""
+        for device in devices:
+            for consumer in self.by_device.get(device, ()):
+                consumer.wake()
+
+    def post(self, queued: Iterable[store.Queued]) -> None:
+        """Wake the recipients of a send, here at once, elsewhere batched."""
+        local = []
+        for entry in queued:
+            if not entry.channel:
+                continue
+            if entry.channel == self.channel:
+                local.append(entry.device_id)
+            else:
+                self._outbox.setdefault(entry.channel, set()).add(entry.device_id)
+        self.wake_local(local)
+        self._schedule()
+
+    async def _listen(self) -> None:
+        layer = get_channel_layer()
+        while True:
+            try:
+                message = await layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("Relay wake-up channel failed; retrying")
+                await asyncio.sleep(1)
+                continue
+            if message.get("type") == "relay.wake":
+                self.wake_local(_devices(message.get("devices")))
+
+    # Reads ---------------------------------------------------------------------
+
+    async def read(
+        self, identity: sockets.SocketIdentity, *, after: int, limit: int
+    ) -> list[store.InboxEntry]:
+        """Read up to ``limit`` envelopes of a socket's queue after ``after``."""
+        future: asyncio.Future[list[store.InboxEntry]] = self.loop.create_future()
+        self._reads.setdefault(identity.tenant_id, []).append(
+            (identity.device_id, after, limit, future)
+        )
+        self._schedule()
+        return await future
+
+    # Batching ------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        """Flush at the end of this turn, with whatever else the turn adds."""
+        if not self._flushing and (self._outbox or self._reads):
+            self._flushing = True
+            self.loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        task = self.loop.create_task(self._flush())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _flush(self) -> None:
+        self._flushing = False
+        outbox, self._outbox = self._outbox, {}
+        reads, self._reads = self._reads, {}
+        work = [events.apublish([events.wake(c, d) for c, d in outbox.items()])]
+        for tenant_id, pending in reads.items():
+            work += [self._read_batch(tenant_id, batch) for batch in _unique(pending)]
+        await asyncio.gather(*work)
+
+    async def _read_batch(self, tenant_id: uuid.UUID, batch: list[_Read]) -> None:
+        marks = {device: after for device, after, _, _ in batch}
+        limit = max(limit for _, _, limit, _ in batch)
+        try:
+            found = await store.ainbox(tenant_id, marks, limit=limit)
+        except Exception as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for device, _, wanted, future in batch:
+            if not future.done():
+                future.set_result(found.get(device, [])[:wanted])
+
+    # Survey --------------------------------------------------------------------
+
+    async def _run_survey(self) -> None:
+        last_sweep = time.monotonic()
+        while self.by_tenant:
+            sweep_every = float(messaging_settings.SWEEP_INTERVAL)
+            status_every = float(messaging_settings.STATUS_INTERVAL)
+            await asyncio.sleep(min(sweep_every, status_every))
+            sweep_due = time.monotonic() - last_sweep >= sweep_every - 0.01
+            if sweep_due:
+                last_sweep = time.monotonic()
+            try:
+                await self.tick(sweep=sweep_due)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("Relay socket survey failed")
+
+    async def tick(self, *, sweep: bool = True) -> None:
+        """Check every live socket of this loop once (one query per tenant)."""
+        live = {
+            tenant_id: [c for c in consumers if not c.closing]
+            for tenant_id, consumers in self.by_tenant.items()
+        }
+        wanted = {
+            tenant_id: sorted({c.device_id for c in consumers})
+            for tenant_id, consumers in live.items()
+            if consumers
+        }
+        if not wanted:
+            return
+        survey = database_sync_to_async(sockets.survey_devices, thread_sensitive=False)
+        states = await survey(wanted)
+        for consumers in live.values():
+            for consumer in consumers:
+                await consumer.surveyed(states.get(consumer.device_id), sweep=sweep)
+
+
+def _devices(raw: Any) -> list[uuid.UUID]:
+    found = []
+    for value in raw if isinstance(raw, list) else ():
+        try:
+            found.append(uuid.UUID(hex=str(value)))
+        except ValueError:
+            continue
+    return found
+
+
+def _unique(reads: list[_Read]) -> list[list[_Read]]:
+    """Split reads into batches naming each device once (a replaced socket
+    and its successor may both read)."""
+    batches: list[tuple[set[uuid.UUID], list[_Read]]] = []
+    for read in reads:
+        for named, batch in batches:
+            if read[0] not in named:
+                named.add(read[0])
+                batch.append(read)
+                break
+        else:
+            batches.append(({read[0]}, [read]))
+    return [batch for _, batch in batches]
+
+
+# Flush tasks, kept until done.
+_background: set[asyncio.Task[None]] = set()
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RelayHub] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def relay_hub() -> RelayHub:
+    """Return the relay hub of the running event loop."""
+    loop = asyncio.get_running_loop()
+    found = _hubs.get(loop)
+    if found is None:
+        found = _hubs[loop] = RelayHub(loop)
+    return found
