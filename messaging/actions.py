@@ -98,9 +98,7 @@ def _room_device_ids(room_id: uuid.UUID) -> list[uuid.UUID]:
 
 def _notify_room_devices(room_id: uuid.UUID, *, also: Iterable[uuid.UUID] = ()) -> None:
     targets = set(_room_device_ids(room_id)) | set(also)
-    events.publish_on_commit(
-        [events.devices_changed(device_id, room_id) for device_id in sorted(targets)]
-    )
+    events.publish_on_commit(events.devices_changed(room_id, targets))
 
 
 def do_create_room(

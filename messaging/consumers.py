@@ -47,10 +47,15 @@ Code  Meaning
 4409  Replaced by a newer connection of the same device.
 4413  Frame larger than ``MAX_REQUEST_BYTES``.
 4429  Too many frames (over ``FRAME_RATE`` per second, ``FRAME_BURST``).
+4503  The server could not serve the socket (the database unreachable at
+      connect, a delivery read failed); reconnect later and lose nothing,
+      since delivery reads PostgreSQL.
 ====  ===================================================================
 
-Transport failures (the channel layer unreachable at connect) close with
-1011; clients reconnect and lose nothing, since delivery reads PostgreSQL.
+4503 stands where WebSocket's own 1011 would, which daphne does not let an
+application send. A socket needs no Redis: the channel layer is read only by
+the process's hub (``messaging.hub``), so a Redis outage delays cross-process
+wake-ups until the sweep and closes nothing.
 """
 
 from __future__ import annotations
@@ -61,9 +66,11 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import parse_qs
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from agentvault.errors import ApiError, BadRequestError
@@ -99,7 +106,7 @@ def socket_token(scope: dict[str, Any]) -> tuple[str | None, str | None]:
     return (tokens[0] if tokens else None), chosen
 
 
-# Close tasks started from timer callbacks, kept until done.
+# Tasks started from callbacks (closes, notices), kept until done.
 _closers: set[asyncio.Task[None]] = set()
 
 
@@ -125,10 +132,36 @@ class _Bucket:
 class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     """One device's relay socket: push its queue, take its sends and acks."""
 
+    # No channel of its own: the hub reads the channel layer for the process.
+    channel_layer_alias = None
     identity: SocketIdentity | None = None
+    closing = False
+    counted_open = False
+    hub: RelayHub | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Serve the socket; whatever ends it, leave the hub and stop timers."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Call the handler of an ASGI message.
+
+        Channels' own dispatch first hops to a thread to close stale Django
+        connections before every message. The relay's frames reach the
+        database through its asyncio pool (``messaging.store``) and its
+        thread units through ``database_sync_to_async``, which closes them
+        itself, so that hop is skipped.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
-        """Authenticate, join the device's group, greet and start pushing."""
+        """Authenticate, greet, register with the hub and start pushing."""
         self.closing = False
         self.tasks: list[asyncio.Task[None]] = []
         self.timers: list[asyncio.TimerHandle] = []
@@ -136,7 +169,6 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self.hub: RelayHub | None = None
         self.pushed: collections.deque[tuple[int, float, int]] = collections.deque()
         self.inflight_bytes = 0
-        self.group: str | None = None
         token, subprotocol = socket_token(self.scope)
 
         # Authenticate off the event loop (token checks may fetch key sets).
@@ -145,30 +177,27 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             return
         hub = relay_hub()
         try:
-            identity = await sockets.open_socket(token, await hub.start())
+            identity, previous = await sockets.open_socket(token, await hub.start())
         except SocketClosedError as exc:
             await self._refuse(subprotocol, exc.close_code)
             return
-
-        # Join the device's group before the first read, so no wake-up is
-        # missed between the backlog and live delivery.
-        self.identity = identity
-        group = events.device_group(identity.device_id)
-        try:
-            await self.channel_layer.group_add(group, self.channel_name)
         except Exception:
-            logger.exception(
-                "Relay socket of %s could not join its group", identity.device_id
-            )
-            await self._refuse(subprotocol, 1011)
+            logger.exception("Relay socket could not be opened")
+            await self._refuse(subprotocol, sockets.CLOSE_UNAVAILABLE)
             return
-        self.group = group
+        self.identity = identity
 
         await self.accept(subprotocol)
         self.counted_open = True
         metrics.WEBSOCKET_CONNECTIONS.labels("accepted").inc()
         metrics.WEBSOCKET_CONNECTIONS_OPEN.inc()
-        await events.apublish([events.replace(identity.device_id, identity.epoch)])
+        # The older socket of this device closes with 4409, here or where it
+        # is (the process recorded on the queue row before this one).
+        hub.replace_local(identity.device_id, identity.epoch)
+        if previous and previous != hub.channel:
+            hub.publish_soon(
+                [events.replace(previous, identity.device_id, identity.epoch)]
+            )
         self.last_pushed = identity.acked_seq
         self.wakeup = asyncio.Event()
         self.wakeup.set()
@@ -200,18 +229,8 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         await self.close(code=code)
 
     async def disconnect(self, code: int) -> None:
-        """Stop the socket's tasks and leave its group (safe to call twice)."""
-        self.closing = True
-        if getattr(self, "counted_open", False):
-            self.counted_open = False
-            metrics.WEBSOCKET_CONNECTIONS_OPEN.dec()
-        self._stop()
-        if self.group is not None:
-            group, self.group = self.group, None
-            try:
-                await self.channel_layer.group_discard(group, self.channel_name)
-            except Exception:
-                logger.exception("Leaving relay group %s failed", group)
+        """Stop the socket's tasks and leave the hub (safe to call twice)."""
+        self._release()
         if self.identity is not None:
             logger.info(
                 "Relay socket closed for device %s (code %s)",
@@ -233,10 +252,18 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         self._stop()
         await self.close(code=code)
 
+    def _release(self) -> None:
+        """Mark the socket closed, uncount it and stop its work (idempotent)."""
+        self.closing = True
+        if self.counted_open:
+            self.counted_open = False
+            metrics.WEBSOCKET_CONNECTIONS_OPEN.dec()
+        self._stop()
+
     def _stop(self) -> None:
         """Leave the hub, cancel timers and tasks (but not the caller)."""
-        if getattr(self, "hub", None) is not None:
-            self.hub.discard(self)  # type: ignore[union-attr]
+        if self.hub is not None:
+            self.hub.discard(self)
             self.hub = None
         for timer in getattr(self, "timers", []):
             timer.cancel()
@@ -392,13 +419,16 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             raise
         except Exception:
             logger.exception("Relay delivery failed for %s", self.identity.device_id)
-            await self._shut(1011, "delivery failed")
+            await self._shut(sockets.CLOSE_UNAVAILABLE, "delivery failed")
 
     def _close_soon(self, code: int, reason: str) -> None:
-        """Close from a timer callback (outside any task of this socket)."""
-        if self.closing:
-            return
-        task = asyncio.get_running_loop().create_task(self._shut(code, reason))
+        """Close from a callback (outside any task of this socket)."""
+        if not self.closing:
+            self._spawn(self._shut(code, reason))
+
+    @staticmethod
+    def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         _closers.add(task)
         task.add_done_callback(_closers.discard)
 
@@ -449,18 +479,18 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if sweep and state.last_seq > self.last_pushed:
             self.wakeup.set()
 
-    # Channel-layer events ---------------------------------------------------------
+    # Events from the hub ------------------------------------------------------
 
-    async def relay_revoke(self, event: events.RevokeEvent) -> None:
+    def revoked(self) -> None:
         """Close at once: the device was revoked."""
-        await self._shut(sockets.CLOSE_REVOKED, "device revoked")
+        self._close_soon(sockets.CLOSE_REVOKED, "device revoked")
 
-    async def relay_replace(self, event: events.ReplaceEvent) -> None:
+    def replaced_by(self, epoch: int) -> None:
         """Close if a newer socket of the same device opened."""
-        if self.identity is not None and int(event["epoch"]) > self.identity.epoch:
-            await self._shut(sockets.CLOSE_REPLACED, "replaced")
+        if self.identity is not None and epoch > self.identity.epoch:
+            self._close_soon(sockets.CLOSE_REPLACED, "replaced")
 
-    async def relay_devices_changed(self, event: events.DevicesChangedEvent) -> None:
+    def devices_changed(self, room_id: uuid.UUID) -> None:
         """Tell the client to refresh a room's device list."""
-        room_id = str(uuid.UUID(event["room_id"]))
-        await self._frame("devices_changed", room_id=room_id)
+        if not self.closing:
+            self._spawn(self._frame("devices_changed", room_id=str(room_id)))

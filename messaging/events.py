@@ -5,13 +5,18 @@ and every consumer reads what to push from PostgreSQL. Events are published
 after the writing transaction commits (``publish_on_commit``), so nobody
 hears about a write that was rolled back.
 
-Each relay socket joins the group of its device, ``dev.<uuid hex>``, which
-carries revocation, replacement and room changes. Wake-ups go to a process
-instead: each relay process has one wake-up channel (``messaging.hub``),
-recorded on the queue row of every device whose newest socket it holds, and
-a send wakes each recipient's process with one ``send`` per process, naming
-the devices, rather than one ``group_send`` per device. Event types map to
-handlers by Channels' rule (``relay.revoke`` calls ``relay_revoke``).
+Events go to relay processes, not to sockets: each relay process has one
+wake-up channel, owned by its hub (``messaging.hub``), and every hub joins
+the group ``relay.hubs``. The hub hands an event to its own sockets of the
+devices it names.
+
+- ``relay.wake`` goes to one process: the channel recorded on the queue row
+  of every device whose newest socket it holds. A send wakes each
+  recipient's process with one ``send`` naming all its woken devices.
+- ``relay.replace`` goes to the process that held a device's previous
+  socket, when a newer one opens elsewhere.
+- ``relay.revoke`` and ``relay.devices_changed`` are rare and go to every
+  process (``relay.hubs``), so a socket is found wherever it is.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from messaging.store import Queued
 
 logger = logging.getLogger(__name__)
 
+# The group every relay process's wake-up channel belongs to.
+HUBS_GROUP = "relay.hubs"
+
 
 class WakeEvent(TypedDict):
     """New deliveries were committed for these devices (uuid hex)."""
@@ -41,23 +49,26 @@ class WakeEvent(TypedDict):
 
 
 class RevokeEvent(TypedDict):
-    """The device was revoked: close its sockets with 4403."""
+    """The devices were revoked: close their sockets with 4403."""
 
     type: Literal["relay.revoke"]
+    devices: list[str]
 
 
 class ReplaceEvent(TypedDict):
     """A newer socket of the device opened; older epochs close with 4409."""
 
     type: Literal["relay.replace"]
+    device: str
     epoch: int
 
 
 class DevicesChangedEvent(TypedDict):
-    """The set of devices in ``room_id`` changed; tell the client."""
+    """The set of devices in ``room_id`` changed; tell these devices."""
 
     type: Literal["relay.devices_changed"]
     room_id: str
+    devices: list[str]
 
 
 RelayEvent = WakeEvent | RevokeEvent | ReplaceEvent | DevicesChangedEvent
@@ -65,15 +76,13 @@ RelayEvent = WakeEvent | RevokeEvent | ReplaceEvent | DevicesChangedEvent
 Outgoing = tuple[str, RelayEvent]
 
 
-def device_group(device_id: uuid.UUID | str) -> str:
-    """Return the group of every relay socket of one device."""
-    return f"dev.{uuid.UUID(str(device_id)).hex}"
+def _hexes(devices: Iterable[uuid.UUID | str]) -> list[str]:
+    return sorted({uuid.UUID(str(device)).hex for device in devices})
 
 
 def wake(channel: str, devices: Iterable[uuid.UUID]) -> Outgoing:
     """Return the wake-up of one process for some of its devices."""
-    hexes = sorted({device.hex for device in devices})
-    return channel, WakeEvent(type="relay.wake", devices=hexes)
+    return channel, WakeEvent(type="relay.wake", devices=_hexes(devices))
 
 
 def wakes(queued: Iterable[Queued]) -> list[Outgoing]:
@@ -86,27 +95,36 @@ def wakes(queued: Iterable[Queued]) -> list[Outgoing]:
 
 
 def revoke(device_id: uuid.UUID | str) -> Outgoing:
-    """Return the event that closes a revoked device's sockets."""
-    return device_group(device_id), RevokeEvent(type="relay.revoke")
+    """Return the event that closes a revoked device's sockets everywhere."""
+    return HUBS_GROUP, RevokeEvent(type="relay.revoke", devices=_hexes([device_id]))
 
 
-def replace(device_id: uuid.UUID | str, epoch: int) -> Outgoing:
-    """Return the event that closes the device's sockets older than ``epoch``."""
-    return device_group(device_id), ReplaceEvent(type="relay.replace", epoch=epoch)
-
-
-def devices_changed(device_id: uuid.UUID | str, room_id: uuid.UUID | str) -> Outgoing:
-    """Return the notice telling a device that a room's devices changed."""
-    return device_group(device_id), DevicesChangedEvent(
-        type="relay.devices_changed", room_id=str(room_id)
+def replace(channel: str, device_id: uuid.UUID | str, epoch: int) -> Outgoing:
+    """Return the event that closes, in the process of ``channel``, the
+    device's sockets older than ``epoch``."""
+    return channel, ReplaceEvent(
+        type="relay.replace", device=uuid.UUID(str(device_id)).hex, epoch=epoch
     )
+
+
+def devices_changed(
+    room_id: uuid.UUID | str, devices: Iterable[uuid.UUID | str]
+) -> list[Outgoing]:
+    """Return the notice telling ``devices`` that a room's devices changed."""
+    hexes = _hexes(devices)
+    if not hexes:
+        return []
+    event = DevicesChangedEvent(
+        type="relay.devices_changed", room_id=str(room_id), devices=hexes
+    )
+    return [(HUBS_GROUP, event)]
 
 
 async def apublish(events: Sequence[Outgoing]) -> None:
     """Send ``events`` through the channel layer; log and drop on failure.
 
-    A failure costs latency only: consumers also sweep PostgreSQL, and
-    revocation is re-checked on every frame and on a timer.
+    A failure costs latency only: sockets are also swept from PostgreSQL,
+    and revocation is re-checked on every frame and on a timer.
     """
     layer = get_channel_layer()
     if layer is None or not events:

@@ -3,14 +3,18 @@
 Every relay socket of a process registers with its hub, which does for all
 of them what each would otherwise do alone:
 
-- **Wake-ups.** The hub owns the process's wake-up channel. Opening a socket
+- **Events.** The hub owns the process's wake-up channel, a member of the
+  group ``relay.hubs``, and is the only reader of the channel layer in the
+  process: sockets have no channel of their own, so opening one costs no
+  Redis command and a Redis outage closes no socket. Opening a socket
   records that channel on the device's queue row, and a send returns, for
   each delivery it stored, the channel of the recipient's process. The
   sending socket wakes recipients in its own process directly and posts one
   ``relay.wake`` per other process, naming all the devices woken there by
-  the sends of one event-loop turn; the hub's listener wakes the named local
-  sockets. A wake-up only says "read": sockets read what to push from
-  PostgreSQL, so a lost or stale one delays and never loses.
+  the sends of one event-loop turn. Revocations, replacements and room
+  changes arrive the same way and go to the named devices' sockets here. A
+  wake-up only says "read": sockets read what to push from PostgreSQL, so a
+  lost or stale one delays and never loses.
 - **Reads.** Sockets woken in the same turn read their queues with one
   statement per tenant (``messaging.store.ainbox``) instead of one each.
 - **Survey.** Every ``min(SWEEP_INTERVAL, STATUS_INTERVAL)`` seconds one
@@ -26,11 +30,12 @@ The listener and the survey run while the hub has sockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
@@ -68,6 +73,12 @@ class RelayHub:
             layer = get_channel_layer()
             self.channel = await layer.new_channel() if layer is not None else ""
         return self.channel
+
+    async def _join(self) -> None:
+        """(Re)join ``relay.hubs``: the group outlives no idle process forever."""
+        layer = get_channel_layer()
+        if layer is not None and self.channel:
+            await layer.group_add(events.HUBS_GROUP, self.channel)
 
     # Sockets -------------------------------------------------------------------
 
@@ -110,6 +121,38 @@ class RelayHub:
             for consumer in self.by_device.get(device, ()):
                 consumer.wake()
 
+    def replace_local(self, device: uuid.UUID, epoch: int) -> None:
+        """Close this process's sockets of ``device`` older than ``epoch``."""
+        for consumer in list(self.by_device.get(device, ())):
+            consumer.replaced_by(epoch)
+
+    def publish_soon(self, outgoing: Iterable[events.Outgoing]) -> None:
+        """Publish events in the background (the caller need not wait)."""
+        pending = list(outgoing)
+        if pending:
+            _spawn(self.loop, events.apublish(pending))
+
+    def handle(self, message: dict[str, Any]) -> None:
+        """Hand one channel-layer event to the sockets it names."""
+        kind = message.get("type")
+        devices = _devices(message.get("devices"))
+        if kind == "relay.wake":
+            self.wake_local(devices)
+        elif kind == "relay.revoke":
+            for device in devices:
+                for consumer in list(self.by_device.get(device, ())):
+                    consumer.revoked()
+        elif kind == "relay.replace":
+            for device in _devices([message.get("device")]):
+                epoch = message.get("epoch")
+                if isinstance(epoch, int):
+                    self.replace_local(device, epoch)
+        elif kind == "relay.devices_changed":
+            room = _devices([message.get("room_id")])
+            for device in devices if room else ():
+                for consumer in list(self.by_device.get(device, ())):
+                    consumer.devices_changed(room[0])
+
     def post(self, queued: Iterable[store.Queued]) -> None:
         """Wake the recipients of a send, here at once, elsewhere batched."""
         local = []
@@ -125,17 +168,26 @@ class RelayHub:
 
     async def _listen(self) -> None:
         layer = get_channel_layer()
+        joined = False
         while True:
             try:
+                if not joined:
+                    await self._join()
+                    joined = True
                 message = await layer.receive(self.channel)
             except asyncio.CancelledError:
                 raise
             except Exception:
+                # Redis away: sockets stay open and keep sending; the sweep
+                # catches up on what the missed wake-ups would have said.
                 logger.exception("Relay wake-up channel failed; retrying")
+                joined = False
                 await asyncio.sleep(1)
                 continue
-            if message.get("type") == "relay.wake":
-                self.wake_local(_devices(message.get("devices")))
+            try:
+                self.handle(message)
+            except Exception:
+                logger.exception("Relay event %s failed", message.get("type"))
 
     # Reads ---------------------------------------------------------------------
 
@@ -159,9 +211,7 @@ class RelayHub:
             self.loop.call_soon(self._flush_soon)
 
     def _flush_soon(self) -> None:
-        task = self.loop.create_task(self._flush())
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        _spawn(self.loop, self._flush())
 
     async def _flush(self) -> None:
         self._flushing = False
@@ -219,9 +269,19 @@ class RelayHub:
             return
         survey = database_sync_to_async(sockets.survey_devices, thread_sensitive=False)
         states = await survey(wanted)
+        if sweep:
+            # Keep the group membership fresh (channels-redis expires it).
+            with contextlib.suppress(Exception):
+                await self._join()
         for consumers in live.values():
             for consumer in consumers:
                 await consumer.surveyed(states.get(consumer.device_id), sweep=sweep)
+
+
+def _spawn(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]) -> None:
+    task = loop.create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def _devices(raw: Any) -> list[uuid.UUID]:
@@ -249,7 +309,7 @@ def _unique(reads: list[_Read]) -> list[list[_Read]]:
     return [batch for _, batch in batches]
 
 
-# Flush tasks, kept until done.
+# Background tasks (flushes, publishes), kept until done.
 _background: set[asyncio.Task[None]] = set()
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RelayHub] = (

@@ -8,6 +8,7 @@ channel-layer events go out only after commit.
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from enrollment.models import Device
@@ -17,10 +18,14 @@ logger = logging.getLogger(__name__)
 
 
 def _peer_notices(device: Device) -> list[events.Outgoing]:
+    peers: dict[uuid.UUID, list[uuid.UUID]] = {}
+    for room_id, peer in actions.get_peer_device_ids(device.member_id):
+        if peer != device.pk:
+            peers.setdefault(room_id, []).append(peer)
     return [
-        events.devices_changed(peer, room_id)
-        for room_id, peer in sorted(actions.get_peer_device_ids(device.member_id))
-        if peer != device.pk
+        notice
+        for room_id, devices in sorted(peers.items())
+        for notice in events.devices_changed(room_id, devices)
     ]
 
 

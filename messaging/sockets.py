@@ -34,6 +34,7 @@ CLOSE_TOO_SLOW = 4408
 CLOSE_REPLACED = 4409
 CLOSE_TOO_LARGE = 4413
 CLOSE_RATE_LIMITED = 4429
+CLOSE_UNAVAILABLE = 4503
 
 
 class SocketClosedError(Exception):
@@ -72,8 +73,11 @@ def closed_for(error: store.DeviceStateError) -> SocketClosedError:
     )
 
 
-async def open_socket(token: str, channel: str) -> SocketIdentity:
+async def open_socket(token: str, channel: str) -> tuple[SocketIdentity, str]:
     """Verify a device token and open the device's socket epoch.
+
+    Return the socket's identity and the wake-up channel recorded for the
+    device before (the process of its previous socket, or "").
 
     Token verification (which may fetch an issuer's key set) runs on a
     thread, off the event loop. Only device tokens may open the relay. The
@@ -90,7 +94,7 @@ async def open_socket(token: str, channel: str) -> SocketIdentity:
         tenant_id = tenant_of(verified)
         device_id = uuid.UUID(verified.subject)
         member_id = uuid.UUID(str(verified.claims["mid"]))
-        status, member_active, epoch, acked, _ = await store.aopen(
+        status, member_active, epoch, acked, previous = await store.aopen(
             tenant_id, device_id, member_id, channel
         )
         if status is None:
@@ -105,7 +109,7 @@ async def open_socket(token: str, channel: str) -> SocketIdentity:
         close = CLOSE_REVOKED if exc.code == "device_revoked" else CLOSE_UNAUTHENTICATED
         raise SocketClosedError(close, exc.code) from None
 
-    return SocketIdentity(
+    identity = SocketIdentity(
         tenant_id=tenant_id,
         device_id=device_id,
         member_id=member_id,
@@ -113,6 +117,7 @@ async def open_socket(token: str, channel: str) -> SocketIdentity:
         epoch=int(epoch),
         acked_seq=int(acked or 0),
     )
+    return identity, previous or ""
 
 
 async def check_socket(identity: SocketIdentity) -> None:

@@ -47,6 +47,7 @@ CLOSE_REASONS = {
     4409: "replaced by a newer connection of the same device",
     4413: "frame too large",
     4429: "rate limited",
+    4503: "server unavailable, reconnect later",
 }
 
 

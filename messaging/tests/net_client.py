@@ -29,7 +29,8 @@ async def open_relay(
         open_timeout=10,
         **kwargs,
     )
-    hello = json.loads(await ws.recv())
+    # A server that accepts and then never greets fails here, not later.
+    hello = await recv_json(ws, timeout=10)
     assert hello["type"] == "hello", hello
     return ws, hello
 

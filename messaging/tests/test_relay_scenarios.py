@@ -6,6 +6,8 @@
   worker cannot drain its channel (most wake-ups dropped) arrives complete.
 - Redis restarted mid-stream: nothing committed is lost, and no sender got
   success for a message that was not stored.
+- With Redis down, sockets open, send and receive within a worker, and the
+  sockets opened before the outage stay open.
 - A client that never reads is closed with 4408, and the worker's memory
   stays bounded by the in-flight window.
 """
@@ -368,6 +370,46 @@ async def test_a_redis_restart_mid_stream_loses_nothing_committed(
     assert successes <= stored, "a sender got success for a message not stored"
     assert set(received.values()) == stored, "a committed message was not delivered"
     assert sorted(received) == list(range(1, len(stored) + 1))
+
+
+async def test_sockets_open_send_and_stay_open_while_redis_is_down(
+    unblocked: None, tenant_a: TenantWorld
+) -> None:
+    w = tenant_a
+    room = await _room(w.owner, w.agent)
+    target = w.agent_device.device
+    redis = cluster.RedisServer()
+    redis.start()
+    try:
+        with cluster.relay_cluster(1, redis.url) as (worker,):
+            before, _ = await open_relay(worker.ws, target)
+            await recv_json(before)  # queue_empty
+            redis.stop()
+
+            # Opening needs no Redis: hello comes, and a send is stored.
+            sender, hello = await open_relay(worker.ws, w.owner_device.device)
+            assert hello["type"] == "hello"
+            await sender.send(
+                json.dumps(
+                    {
+                        "type": "send",
+                        "room_id": str(room.pk),
+                        "client_message_id": "during-outage",
+                        "envelopes": [envelope(target)],
+                    }
+                )
+            )
+            frames = [await recv_json(sender, timeout=5) for _ in range(2)]
+            assert [f["type"] for f in frames] == ["queue_empty", "sent"]
+
+            # The socket opened before the outage is still served.
+            pushed = await recv_json(before, timeout=5)
+            assert pushed["type"] == "envelope"
+            assert pushed["message_id"] == frames[1]["message_id"]
+            await before.close()
+            await sender.close()
+    finally:
+        redis.cleanup()
 
 
 async def test_a_client_that_never_reads_is_closed_4408_with_bounded_memory(
