@@ -1,125 +1,139 @@
-"""Per-device send rate: a token bucket shared by every worker.
+"""Per-device send rate, shared by every worker, on the ``limits`` library.
 
-The bucket is kept as one "theoretical arrival time" per key (the generic
-cell rate algorithm): each send moves it forward by ``1 / rate``; a send is
-refused when that would put it more than ``burst / rate`` ahead of now. With
-the Redis cache the check-and-move is one Lua call, atomic across workers;
-with the in-process cache (one worker only) a lock does the same. When
-Redis cannot be reached the check lets the send through (and logs it).
+A device may send ``burst`` messages in any window of ``burst / rate``
+seconds (whole seconds, at least one), counted with the library's sliding
+window counter. With ``REDIS_URL`` the counters live in Redis, so the
+budget is the device's across every worker and both transports; without it
+(one worker only) they live in the process. When Redis cannot be reached
+the check lets the send through and logs it: the queue cap still bounds what
+a sender can pile up.
+
+The REST views count through the library's synchronous storage and the
+relay through its asyncio storage (one per event loop, since asyncio Redis
+connections belong to the loop that opened them); both use the same keys.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 import uuid
 import weakref
 from typing import Any
 
-from django.core.cache import cache
+from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage as AsyncMemoryStorage
+from limits.aio.storage import RedisStorage as AsyncRedisStorage
+from limits.aio.strategies import (
+    SlidingWindowCounterRateLimiter as AsyncSlidingWindowCounterRateLimiter,
+)
+from limits.storage import MemoryStorage, RedisStorage
+from limits.strategies import SlidingWindowCounterRateLimiter
 
 logger = logging.getLogger(__name__)
 
-_SCRIPT = """
-local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local tolerance = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval
-local wait = new_tat - now - tolerance
-if wait > 0 then return tostring(wait) end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(tolerance * 1000) + 1000)
-return '0'
-"""
-
-_local_lock = threading.Lock()
-_local: dict[str, float] = {}
+KEY_PREFIX = "av-rate"
 
 
-def _redis_client() -> Any | None:
-    backend = getattr(cache, "_cache", None)
-    get_client = getattr(backend, "get_client", None)
-    if get_client is None or "Redis" not in type(cache).__name__:
-        return None
-    return get_client(None, write=True)
+def _item(rate: float, burst: int) -> RateLimitItem:
+    """Return ``burst`` per ``burst / rate`` seconds (whole, at least 1)."""
+    window = max(1, math.ceil(burst / rate))
+    return RateLimitItemPerSecond(max(burst, math.ceil(rate * window)), window)
+
+
+def _redis_url() -> str:
+    from django.conf import settings
+
+    return str(getattr(settings, "REDIS_URL", "") or "")
+
+
+_lock = threading.Lock()
+_sync: dict[str, SlidingWindowCounterRateLimiter] = {}
+
+
+def _limiter() -> SlidingWindowCounterRateLimiter:
+    url = _redis_url()
+    with _lock:
+        limiter = _sync.get(url)
+        if limiter is None:
+            storage = (
+                RedisStorage(url, key_prefix=KEY_PREFIX)
+                if url
+                else MemoryStorage()
+            )
+            limiter = _sync[url] = SlidingWindowCounterRateLimiter(storage)
+    return limiter
+
+
+_async: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, AsyncSlidingWindowCounterRateLimiter]
+] = weakref.WeakKeyDictionary()
+
+
+def _alimiter() -> AsyncSlidingWindowCounterRateLimiter:
+    url = _redis_url()
+    per_loop = _async.setdefault(asyncio.get_running_loop(), {})
+    limiter = per_loop.get(url)
+    if limiter is None:
+        storage: Any = (
+            AsyncRedisStorage(
+                f"async+{url}", implementation="redispy", key_prefix=KEY_PREFIX
+            )
+            if url
+            else _shared_async_memory()
+        )
+        limiter = per_loop[url] = AsyncSlidingWindowCounterRateLimiter(storage)
+    return limiter
+
+
+_async_memory: AsyncMemoryStorage | None = None
+
+
+def _shared_async_memory() -> AsyncMemoryStorage:
+    # One worker without Redis: every loop of the process counts together.
+    global _async_memory
+    if _async_memory is None:
+        _async_memory = AsyncMemoryStorage()
+    return _async_memory
 
 
 def take(scope: str, key: uuid.UUID | str, *, rate: float, burst: int) -> float:
-    """Take one token for ``key``; return 0 when allowed, else seconds to wait."""
-    interval = 1.0 / rate
-    tolerance = interval * burst
-    name = f"rl.{scope}.{key}"
-    now = time.time()
-
-    client = _redis_client()
-    if client is not None:
-        try:
-            wait = client.eval(
-                _SCRIPT, 1, cache.make_key(name), now, interval, tolerance
-            )
-        except Exception:
-            # Fail open: an unreachable Redis must not stop durable sends;
-            # the queue cap still bounds what a sender can pile up.
-            logger.warning("Send rate check unavailable for %s", key, exc_info=True)
-            return 0.0
-        return max(0.0, float(wait))
-
-    with _local_lock:
-        tat = max(_local.get(name, now), now)
-        new_tat = tat + interval
-        wait = new_tat - now - tolerance
-        if wait > 0:
-            return wait
-        _local[name] = new_tat
-        if len(_local) > 100_000:
-            _forget_idle(now)
-        return 0.0
-
-
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _async_redis_client() -> Any | None:
-    """The running loop's asyncio Redis client, when the cache is Redis."""
-    if _redis_client() is None:
-        return None
-    loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
-    if client is None:
-        from django.conf import settings
-        from redis.asyncio import Redis
-
-        client = _async_clients[loop] = Redis.from_url(settings.REDIS_URL)
-    return client
-
-
-async def atake(scope: str, key: uuid.UUID | str, *, rate: float, burst: int) -> float:
-    """``take`` for the event loop: the same bucket, without a thread."""
-    client = _async_redis_client()
-    if client is None:
-        return take(scope, key, rate=rate, burst=burst)
-    interval = 1.0 / rate
-    tolerance = interval * burst
-    name = cache.make_key(f"rl.{scope}.{key}")
+    """Count one event for ``key``; return 0 when allowed, else seconds to wait."""
+    item = _item(rate, burst)
+    limiter = _limiter()
     try:
-        wait = await client.eval(_SCRIPT, 1, name, time.time(), interval, tolerance)
+        if limiter.hit(item, scope, str(key)):
+            return 0.0
+        reset_at = limiter.get_window_stats(item, scope, str(key)).reset_time
     except Exception:
         logger.warning("Send rate check unavailable for %s", key, exc_info=True)
         return 0.0
-    return max(0.0, float(wait))
+    return max(reset_at - time.time(), 0.001)
 
 
-def _forget_idle(now: float) -> None:
-    for name in [name for name, tat in _local.items() if tat < now]:
-        del _local[name]
+async def atake(scope: str, key: uuid.UUID | str, *, rate: float, burst: int) -> float:
+    """``take`` for the event loop: the same counters, without a thread."""
+    item = _item(rate, burst)
+    limiter = _alimiter()
+    try:
+        if await limiter.hit(item, scope, str(key)):
+            return 0.0
+        stats = await limiter.get_window_stats(item, scope, str(key))
+    except Exception:
+        logger.warning("Send rate check unavailable for %s", key, exc_info=True)
+        return 0.0
+    return max(stats.reset_time - time.time(), 0.001)
 
 
 def reset() -> None:
-    """Forget the in-process buckets (tests)."""
-    with _local_lock:
-        _local.clear()
+    """Forget the in-process counters (tests)."""
+    global _async_memory
+    with _lock:
+        for limiter in _sync.values():
+            if isinstance(limiter.storage, MemoryStorage):
+                limiter.storage.reset()
+        _sync.clear()
+    _async_memory = None

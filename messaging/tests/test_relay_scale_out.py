@@ -180,3 +180,39 @@ async def test_a_query_string_token_never_reaches_the_worker_log(
     assert "/ws/v1/relay" in workers[0].log()
     assert token not in workers[0].log()
     assert token.split(".")[2] not in workers[0].log()
+
+
+async def test_a_device_s_send_budget_is_shared_by_every_worker_and_transport(
+    tenant_a: TenantWorld,
+) -> None:
+    assert REDIS is not None
+    w = tenant_a
+    room = await _room(w.owner, w.agent)
+    body = json.loads(send_frame(room.pk, [w.agent_device.device]))
+    with cluster.relay_cluster(2, REDIS, AV_SEND_RATE="0.1", AV_SEND_BURST="4") as (
+        one,
+        two,
+    ):
+        async with rest(one.http, w.owner_device.device) as first:
+            statuses = [
+                (
+                    await first.post(
+                        f"/api/v1/rooms/{room.pk}/messages",
+                        json=body | {"client_message_id": f"r{n}"},
+                    )
+                ).status_code
+                for n in range(2)
+            ]
+        owner, _ = await open_relay(two.ws, w.owner_device.device)
+        assert (await recv_json(owner))["type"] == "queue_empty"
+        answers = []
+        for n in range(3):
+            await owner.send(send_frame(room.pk, [w.agent_device.device], cid=f"w{n}"))
+            answers.append(await recv_json(owner))
+        await owner.close()
+
+    # Four sends fit the budget wherever they came from; the fifth does not.
+    assert statuses == [201, 201]
+    assert [a["type"] for a in answers] == ["sent", "sent", "error"]
+    assert answers[2]["code"] == "rate_limited"
+    assert answers[2]["retry_after"] > 0
