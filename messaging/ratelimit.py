@@ -60,9 +60,7 @@ def _limiter() -> SlidingWindowCounterRateLimiter:
         limiter = _sync.get(url)
         if limiter is None:
             storage = (
-                RedisStorage(url, key_prefix=KEY_PREFIX)
-                if url
-                else MemoryStorage()
+                RedisStorage(url, key_prefix=KEY_PREFIX) if url else MemoryStorage()
             )
             limiter = _sync[url] = SlidingWindowCounterRateLimiter(storage)
     return limiter

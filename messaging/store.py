@@ -189,9 +189,120 @@ def send(**kwargs: Any) -> tuple[SendResult, list[Queued]]:
 
 
 async def asend(**kwargs: Any) -> tuple[SendResult, list[Queued]]:
-    """Store a send through the relay pool (see ``send_params``)."""
-    row = await _fetchone(SEND_SQL, send_params(**kwargs))
+    """Store a send through the relay pool (see ``send_params``).
+
+    Sends made on one event loop in one turn go to PostgreSQL together, one
+    ``messaging_send_batch`` statement per tenant (``_SendBatcher``).
+    """
+    params = send_params(**kwargs)
+    row = await _batcher().submit(params)
+    if row[0] == "retry":
+        # Its subtransaction met a lock conflict: alone, it simply waits.
+        row = await _fetchone(SEND_SQL, params)
     return send_outcome(row)
+
+
+SEND_BATCH_SQL = (
+    "SELECT * FROM messaging_send_batch(%s, %s, %s, %s::uuid[], %s::uuid[],"
+    " %s::bigint[], %s::uuid[], %s::text[], %s::uuid[], %s::int[], %s::int[],"
+    " %s::uuid[], %s::bytea[])"
+)
+# Bounds of one batch statement.
+BATCH_SENDS = 64
+BATCH_BYTES = 4 * 1024 * 1024
+
+
+def send_batch_params(batch: Sequence[Sequence[Any]]) -> list[Any]:
+    """Return the arguments of ``messaging_send_batch`` for ``send_params``
+    lists of one tenant and one queue cap."""
+    columns: list[list[Any]] = [[] for _ in range(6)]
+    first: list[int] = []
+    count: list[int] = []
+    devices: list[uuid.UUID] = []
+    ciphertexts: list[bytes] = []
+    for params in batch:
+        for column, value in zip(columns, params[1:7], strict=True):
+            column.append(value)
+        first.append(len(devices) + 1)
+        count.append(len(params[8]))
+        devices.extend(params[8])
+        ciphertexts.extend(params[9])
+    tenant_id, cap, now = batch[0][0], batch[0][10], batch[0][7]
+    return [tenant_id, cap, now, *columns, first, count, devices, ciphertexts]
+
+
+class _SendBatcher:
+    """The sends of one event loop, gathered per turn and stored together."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[tuple[list[Any], asyncio.Future[Sequence[Any]]]] = []
+
+    def submit(self, params: list[Any]) -> asyncio.Future[Sequence[Any]]:
+        future: asyncio.Future[Sequence[Any]] = self.loop.create_future()
+        if not self.pending:
+            self.loop.call_soon(self._flush)
+        self.pending.append((params, future))
+        return future
+
+    def _flush(self) -> None:
+        pending, self.pending = self.pending, []
+        groups: dict[tuple[Any, Any], list[Any]] = {}
+        for item in pending:
+            groups.setdefault((item[0][0], item[0][10]), []).append(item)
+        for items in groups.values():
+            for chunk in _chunks(items):
+                task = self.loop.create_task(self._store(chunk))
+                _tasks.add(task)
+                task.add_done_callback(_tasks.discard)
+
+    async def _store(
+        self, chunk: list[tuple[list[Any], asyncio.Future[Sequence[Any]]]]
+    ) -> None:
+        try:
+            rows = await _fetchall(
+                SEND_BATCH_SQL, send_batch_params([params for params, _ in chunk])
+            )
+        except Exception as exc:
+            for _, future in chunk:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), row in zip(chunk, rows, strict=True):
+            if not future.done():
+                future.set_result(row[1:])
+
+
+def _chunks(
+    items: list[tuple[list[Any], asyncio.Future[Sequence[Any]]]],
+) -> list[list[tuple[list[Any], asyncio.Future[Sequence[Any]]]]]:
+    chunks: list[list[tuple[list[Any], asyncio.Future[Sequence[Any]]]]] = [[]]
+    size = 0
+    for item in items:
+        weight = sum(len(ciphertext) for ciphertext in item[0][9])
+        if chunks[-1] and (
+            len(chunks[-1]) >= BATCH_SENDS or size + weight > BATCH_BYTES
+        ):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += weight
+    return chunks
+
+
+_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SendBatcher] = (
+    weakref.WeakKeyDictionary()
+)
+# Batch tasks, kept until done.
+_tasks: set[asyncio.Task[None]] = set()
+
+
+def _batcher() -> _SendBatcher:
+    loop = asyncio.get_running_loop()
+    found = _batchers.get(loop)
+    if found is None:
+        found = _batchers[loop] = _SendBatcher(loop)
+    return found
 
 
 # --- Reading and acknowledging ------------------------------------------------
