@@ -177,9 +177,14 @@ def check_send_rate(device_id: uuid.UUID) -> None:
     _refuse_send_after(ratelimit.take("send", device_id.hex, **_send_rate()))
 
 
-async def acheck_send_rate(device_id: uuid.UUID) -> None:
-    """``check_send_rate`` on the event loop (the relay)."""
-    _refuse_send_after(await ratelimit.atake("send", device_id.hex, **_send_rate()))
+async def acheck_send_rate(allowance: ratelimit.Allowance) -> None:
+    """``check_send_rate`` on the event loop, for one relay socket."""
+    _refuse_send_after(await allowance.take(**_send_rate()))
+
+
+def send_allowance(device_id: uuid.UUID) -> ratelimit.Allowance:
+    """Return a socket's allowance of its device's send budget."""
+    return ratelimit.Allowance("send", device_id.hex)
 
 
 def _send_rate() -> dict[str, Any]:

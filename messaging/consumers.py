@@ -76,7 +76,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from agentvault.errors import ApiError, BadRequestError
 from agentvault.observability import metrics
 from messaging import events, sockets
-from messaging.actions import acheck_send_rate
+from messaging.actions import acheck_send_rate, send_allowance
 from messaging.conf import messaging_settings
 from messaging.hub import RelayHub, relay_hub
 from messaging.serializers import inbox_entry, parse_send, parse_seq, parse_uuid
@@ -186,6 +186,7 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await self._refuse(subprotocol, sockets.CLOSE_UNAVAILABLE)
             return
         self.identity = identity
+        self.allowance = send_allowance(identity.device_id)
 
         await self.accept(subprotocol)
         self.counted_open = True
@@ -344,7 +345,7 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         try:
             room_id = parse_uuid(frame.get("room_id"), "room_id")
             send = parse_send(frame)
-            await acheck_send_rate(self.identity.device_id)
+            await acheck_send_rate(self.allowance)
             result, queued = await sockets.send_for_socket(self.identity, room_id, send)
         except ApiError as error:
             await self._error(error, client_id)
