@@ -453,4 +453,6 @@ MESSAGING: dict[str, Any] = {
     "ACK_TIMEOUT": env.float("AV_RELAY_ACK_TIMEOUT", default=30.0),
     "SWEEP_INTERVAL": env.float("AV_RELAY_SWEEP_INTERVAL", default=15.0),
     "STATUS_INTERVAL": env.float("AV_RELAY_STATUS_INTERVAL", default=15.0),
+    "FRAME_RATE": env.float("AV_RELAY_FRAME_RATE", default=100.0),
+    "FRAME_BURST": env.int("AV_RELAY_FRAME_BURST", default=400),
 }
