@@ -421,6 +421,16 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1, 2], choices=[1, 2]
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["raw", "bare", "product"],
+        default=["raw", "bare", "product"],
+        help="configurations to run (diagnostics; the goals need all three)",
+    )
     args = parser.parse_args()
 
     redis = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
@@ -440,16 +450,20 @@ def main() -> None:
         all_results: list[Result] = []
         for round_number in range(1, args.rounds + 1):
             print(f"round {round_number}", flush=True)
-            with raw_server() as urls:
-                all_results += measure(
-                    "raw websockets", plain_adapter(urls), args.pairs, args
-                )
-            for workers in (1, 2):
-                with bare_servers(workers, redis) as urls:
-                    adapter = plain_adapter(urls)
+            if "raw" in args.only:
+                with raw_server() as urls:
                     all_results += measure(
-                        f"bare channels x{workers}", adapter, args.pairs, args
+                        "raw websockets", plain_adapter(urls), args.pairs, args
                     )
+            for workers in args.workers:
+                if "bare" in args.only:
+                    with bare_servers(workers, redis) as urls:
+                        adapter = plain_adapter(urls)
+                        all_results += measure(
+                            f"bare channels x{workers}", adapter, args.pairs, args
+                        )
+                if "product" not in args.only:
+                    continue
                 with relay_cluster(workers, redis, **PRODUCT_LIMITS) as running:
                     adapter = product_adapter([w.ws for w in running], pairs)
                     all_results += measure(

@@ -9,9 +9,11 @@ of them what each would otherwise do alone:
   Redis command and a Redis outage closes no socket. Opening a socket
   records that channel on the device's queue row, and a send returns, for
   each delivery it stored, the channel of the recipient's process. The
-  sending socket wakes recipients in its own process directly and posts one
-  ``relay.wake`` per other process, naming all the devices woken there by
-  the sends of one event-loop turn. Revocations, replacements and room
+  sending socket wakes recipients in its own process directly and posts
+  ``relay.wake`` to each other process one at a time: the devices woken
+  there while one wake-up is on its way go together in the next, so under
+  load a process gets one event per channel-layer send, not one per
+  message. Revocations, replacements and room
   changes arrive the same way and go to the named devices' sockets here. A
   wake-up only says "read": sockets read what to push from PostgreSQL, so a
   lost or stale one delays and never loses.
@@ -64,6 +66,7 @@ class RelayHub:
         self.listener: asyncio.Task[None] | None = None
         self.survey: asyncio.Task[None] | None = None
         self._outbox: dict[str, set[uuid.UUID]] = {}
+        self._posting: set[str] = set()
         self._reads: dict[uuid.UUID, list[_Read]] = {}
         self._flushing = False
 
@@ -215,12 +218,23 @@ class RelayHub:
 
     async def _flush(self) -> None:
         self._flushing = False
-        outbox, self._outbox = self._outbox, {}
+        for channel in self._outbox.keys() - self._posting:
+            self._posting.add(channel)
+            _spawn(self.loop, self._post_wakes(channel))
         reads, self._reads = self._reads, {}
-        work = [events.apublish([events.wake(c, d) for c, d in outbox.items()])]
+        work = []
         for tenant_id, pending in reads.items():
             work += [self._read_batch(tenant_id, batch) for batch in _unique(pending)]
         await asyncio.gather(*work)
+
+    async def _post_wakes(self, channel: str) -> None:
+        """Wake another process, one event at a time: the devices gathered
+        while the last event was on its way go in the next."""
+        try:
+            while devices := self._outbox.pop(channel, None):
+                await events.apublish([events.wake(channel, devices)])
+        finally:
+            self._posting.discard(channel)
 
     async def _read_batch(self, tenant_id: uuid.UUID, batch: list[_Read]) -> None:
         marks = {device: after for device, after, _, _ in batch}

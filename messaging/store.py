@@ -208,7 +208,7 @@ SEND_BATCH_SQL = (
     " %s::uuid[], %s::bytea[])"
 )
 # Bounds of one batch statement.
-BATCH_SENDS = 64
+BATCH_SENDS = 16
 BATCH_BYTES = 4 * 1024 * 1024
 
 
