@@ -18,7 +18,10 @@ of them what each would otherwise do alone:
   wake-up only says "read": sockets read what to push from PostgreSQL, so a
   lost or stale one delays and never loses.
 - **Reads.** Sockets woken in the same turn read their queues with one
-  statement per tenant (``messaging.store.ainbox``) instead of one each.
+  statement per tenant (``messaging.store.ainbox``) instead of one each;
+  while ``READ_STATEMENTS`` of a tenant's reads are out, the reads asked for
+  meanwhile wait and go together in the next, so under load one statement
+  serves many sockets (sends are gathered the same way, ``messaging.store``).
 - **Survey.** Every ``min(SWEEP_INTERVAL, STATUS_INTERVAL)`` seconds one
   query per tenant reads the status and queue head of all the process's
   socket devices; the hub closes the sockets of revoked, replaced or
@@ -51,6 +54,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Read statements out at once per tenant: reads asked for meanwhile wait and
+# go together in the next (one statement for many sockets under load).
+READ_STATEMENTS = 1
 # A read: (device, after, limit, where the answer goes).
 _Read = tuple[uuid.UUID, int, int, "asyncio.Future[list[store.InboxEntry]]"]
 
@@ -68,6 +74,7 @@ class RelayHub:
         self._outbox: dict[str, set[uuid.UUID]] = {}
         self._posting: set[str] = set()
         self._reads: dict[uuid.UUID, list[_Read]] = {}
+        self._reading: dict[uuid.UUID, int] = {}
         self._flushing = False
 
     async def start(self) -> str:
@@ -221,10 +228,12 @@ class RelayHub:
         for channel in self._outbox.keys() - self._posting:
             self._posting.add(channel)
             _spawn(self.loop, self._post_wakes(channel))
-        reads, self._reads = self._reads, {}
         work = []
-        for tenant_id, pending in reads.items():
-            work += [self._read_batch(tenant_id, batch) for batch in _unique(pending)]
+        for tenant_id in list(self._reads):
+            if self._reading.get(tenant_id, 0) < READ_STATEMENTS:
+                for batch in _unique(self._reads.pop(tenant_id)):
+                    self._reading[tenant_id] = self._reading.get(tenant_id, 0) + 1
+                    work.append(self._read_batch(tenant_id, batch))
         await asyncio.gather(*work)
 
     async def _post_wakes(self, channel: str) -> None:
@@ -246,6 +255,11 @@ class RelayHub:
                 if not future.done():
                     future.set_exception(exc)
             return
+        finally:
+            self._reading[tenant_id] -= 1
+            if not self._reading[tenant_id]:
+                del self._reading[tenant_id]
+            self._schedule()
         for device, _, wanted, future in batch:
             if not future.done():
                 future.set_result(found.get(device, [])[:wanted])

@@ -117,8 +117,16 @@ class Delivery(models.Model):
     """One envelope waiting for one recipient device, in its sequence order."""
 
     id = models.BigAutoField(primary_key=True)
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
-    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="+")
+    # No index of their own on tenant or device: the (device, seq) index
+    # serves every queue statement, and a tenant index only tempted the
+    # planner into a bitmap scan over all of a tenant's deliveries, dead
+    # ones included, which slowed every read as deliveries churned.
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    device = models.ForeignKey(
+        Device, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     seq = models.BigIntegerField()
     message = models.ForeignKey(
         Message, on_delete=models.CASCADE, related_name="deliveries"

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import functools
 import uuid
 import weakref
 from collections.abc import Sequence
@@ -191,8 +192,9 @@ def send(**kwargs: Any) -> tuple[SendResult, list[Queued]]:
 async def asend(**kwargs: Any) -> tuple[SendResult, list[Queued]]:
     """Store a send through the relay pool (see ``send_params``).
 
-    Sends made on one event loop in one turn go to PostgreSQL together, one
-    ``messaging_send_batch`` statement per tenant (``_SendBatcher``).
+    Sends made on one event loop go to PostgreSQL together, one
+    ``messaging_send_batch`` statement per tenant for those of one turn, or
+    of the time the tenant's previous statement was out (``_SendBatcher``).
     """
     params = send_params(**kwargs)
     row = await _batcher().submit(params)
@@ -207,9 +209,12 @@ SEND_BATCH_SQL = (
     " %s::bigint[], %s::uuid[], %s::text[], %s::uuid[], %s::int[], %s::int[],"
     " %s::uuid[], %s::bytea[])"
 )
-# Bounds of one batch statement.
+# Bounds of one batch statement, and how many may be out per tenant and loop.
 BATCH_SENDS = 16
 BATCH_BYTES = 4 * 1024 * 1024
+SEND_STATEMENTS = 1
+# Where a batched send's row arrives.
+_Row = asyncio.Future[Sequence[Any]]
 
 
 def send_batch_params(batch: Sequence[Sequence[Any]]) -> list[Any]:
@@ -232,33 +237,50 @@ def send_batch_params(batch: Sequence[Sequence[Any]]) -> list[Any]:
 
 
 class _SendBatcher:
-    """The sends of one event loop, gathered per turn and stored together."""
+    """The sends of one event loop, gathered and stored together.
+
+    Sends of one tenant go to PostgreSQL at most ``SEND_STATEMENTS`` batch
+    statements at a time: while those are out, new sends wait and go
+    together in the next, like a group commit. An idle relay sends at once;
+    a busy one stores several sends per statement and per commit, which is
+    what keeps PostgreSQL's work per message down. Tenants do not wait for
+    one another (a lock wait in one holds up only its own sends).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.pending: list[tuple[list[Any], asyncio.Future[Sequence[Any]]]] = []
+        self.pending: dict[Any, list[tuple[list[Any], _Row]]] = {}
+        self.busy: dict[Any, int] = {}
+        self.scheduled = False
 
-    def submit(self, params: list[Any]) -> asyncio.Future[Sequence[Any]]:
-        future: asyncio.Future[Sequence[Any]] = self.loop.create_future()
-        if not self.pending:
-            self.loop.call_soon(self._flush)
-        self.pending.append((params, future))
+    def submit(self, params: list[Any]) -> _Row:
+        future: _Row = self.loop.create_future()
+        self.pending.setdefault(params[0], []).append((params, future))
+        self._schedule()
         return future
 
-    def _flush(self) -> None:
-        pending, self.pending = self.pending, []
-        groups: dict[tuple[Any, Any], list[Any]] = {}
-        for item in pending:
-            groups.setdefault((item[0][0], item[0][10]), []).append(item)
-        for items in groups.values():
-            for chunk in _chunks(items):
-                task = self.loop.create_task(self._store(chunk))
-                _tasks.add(task)
-                task.add_done_callback(_tasks.discard)
+    def _schedule(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._flush)
 
-    async def _store(
-        self, chunk: list[tuple[list[Any], asyncio.Future[Sequence[Any]]]]
-    ) -> None:
+    def _flush(self) -> None:
+        self.scheduled = False
+        for tenant_id in list(self.pending):
+            if self.busy.get(tenant_id, 0) >= SEND_STATEMENTS:
+                continue
+            items = self.pending.pop(tenant_id)
+            groups: dict[Any, list[tuple[list[Any], _Row]]] = {}
+            for item in items:
+                groups.setdefault(item[0][10], []).append(item)
+            for group in groups.values():
+                for chunk in _chunks(group):
+                    self.busy[tenant_id] = self.busy.get(tenant_id, 0) + 1
+                    task = self.loop.create_task(self._store(tenant_id, chunk))
+                    _tasks.add(task)
+                    task.add_done_callback(_tasks.discard)
+
+    async def _store(self, tenant_id: Any, chunk: list[tuple[list[Any], _Row]]) -> None:
         try:
             rows = await _fetchall(
                 SEND_BATCH_SQL, send_batch_params([params for params, _ in chunk])
@@ -268,15 +290,22 @@ class _SendBatcher:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (_, future), row in zip(chunk, rows, strict=True):
-            if not future.done():
-                future.set_result(row[1:])
+        else:
+            for (_, future), row in zip(chunk, rows, strict=True):
+                if not future.done():
+                    future.set_result(row[1:])
+        finally:
+            self.busy[tenant_id] -= 1
+            if not self.busy[tenant_id]:
+                del self.busy[tenant_id]
+            if self.pending:
+                self._schedule()
 
 
 def _chunks(
-    items: list[tuple[list[Any], asyncio.Future[Sequence[Any]]]],
-) -> list[list[tuple[list[Any], asyncio.Future[Sequence[Any]]]]]:
-    chunks: list[list[tuple[list[Any], asyncio.Future[Sequence[Any]]]]] = [[]]
+    items: list[tuple[list[Any], _Row]],
+) -> list[list[tuple[list[Any], _Row]]]:
+    chunks: list[list[tuple[list[Any], _Row]]] = [[]]
     size = 0
     for item in items:
         weight = sum(len(ciphertext) for ciphertext in item[0][9])
@@ -392,6 +421,11 @@ def _connect_kwargs() -> dict[str, Any]:
     for key in ("cursor_factory", "context"):
         params.pop(key, None)
     params["autocommit"] = True
+    # Django turns server-side prepared statements off; the relay's few
+    # statement texts are prepared after a few runs (psycopg's default), which
+    # spares PostgreSQL parsing and planning each call. (Behind PgBouncer in
+    # transaction mode this needs its max_prepared_statements.)
+    params["prepare_threshold"] = 5
     return params
 
 
@@ -430,15 +464,26 @@ async def close_relay_pool() -> None:
         await pool.close()
 
 
+@functools.cache
+def _binary(sql: str) -> str:
+    """The relay pool's form of a statement: parameters sent as binary.
+
+    Binary arrays of bytea and uuid cost neither side the hex text and the
+    quoting of text arrays. (Django's client-side cursors take only ``%s``,
+    so the shared texts are written with that.)
+    """
+    return sql.replace("%s", "%b")
+
+
 async def _fetchone(sql: str, params: Sequence[Any]) -> Any:
     pool = await relay_pool()
     async with pool.connection() as conn:
-        cursor = await conn.execute(sql, params)
+        cursor = await conn.execute(_binary(sql), params, binary=True)
         return await cursor.fetchone()
 
 
 async def _fetchall(sql: str, params: Sequence[Any]) -> list[Any]:
     pool = await relay_pool()
     async with pool.connection() as conn:
-        cursor = await conn.execute(sql, params)
+        cursor = await conn.execute(_binary(sql), params, binary=True)
         return list(await cursor.fetchall())

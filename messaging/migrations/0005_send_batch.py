@@ -33,11 +33,15 @@ DECLARE
 BEGIN
     PERFORM messaging_enter_tenant(p_tenant);
 
+    -- Two index-driven parts (device ids; the rooms' members' devices),
+    -- not one OR, which would scan every device of the tenant per batch.
     PERFORM 1 FROM enrollment_device AS d
-     WHERE d.id = ANY(p_env_devices)
-        OR (d.status = 'active' AND d.member_id IN (
-                SELECT m.member_id FROM messaging_roommembership AS m
-                 WHERE m.room_id = ANY(p_rooms)))
+     WHERE d.id IN (
+            SELECT unnest(p_env_devices)
+            UNION
+            SELECT a.id FROM messaging_roommembership AS m
+              JOIN enrollment_device AS a ON a.member_id = m.member_id
+             WHERE m.room_id = ANY(p_rooms) AND a.status = 'active')
      ORDER BY d.id
        FOR NO KEY UPDATE OF d;
     PERFORM 1 FROM messaging_devicequeue AS q

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from typing import TypedDict
 
 import pytest
 
 from messaging import ratelimit
 
-BUDGET = {"rate": 1.0, "burst": 20}  # 20 sends per 20 s
+
+class Budget(TypedDict):
+    rate: float
+    burst: int
+
+
+BUDGET = Budget(rate=1.0, burst=20)  # 20 sends per 20 s
 
 
 @pytest.fixture(autouse=True)

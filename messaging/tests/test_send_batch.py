@@ -183,3 +183,74 @@ async def test_batches_that_cross_the_same_recipients_do_not_deadlock(
 
     assert outcomes == ["stored"] * 40
     assert await _seqs(w, agent) == list(range(1, 21))
+
+
+@pytest.fixture
+def held_statements(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], Any]:
+    """Hold the relay pool's first send or read statement until released;
+    record how many sends or reads each one carried."""
+    sizes: list[int] = []
+    release = asyncio.Event()
+    fetchall = store._fetchall
+
+    async def many(sql: str, params: Any) -> Any:
+        sizes.append(len(params[3] if sql == store.SEND_BATCH_SQL else params[1]))
+        if len(sizes) == 1:
+            await release.wait()
+        return await fetchall(sql, params)
+
+    monkeypatch.setattr(store, "_fetchall", many)
+    return sizes, release
+
+
+async def _turns(count: int) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_sends_made_while_a_statement_is_out_go_together_in_the_next(
+    tenant_a: TenantWorld, held_statements: tuple[list[int], Any]
+) -> None:
+    w = tenant_a
+    sizes, release = held_statements
+    room = await _room(w.owner, w.agent)
+    agent = w.agent_device.device.pk
+
+    first = asyncio.ensure_future(_send(w, room, "first", agent))
+    await _turns(3)
+    later = []
+    for index in range(3):  # each in a turn of its own
+        later.append(asyncio.ensure_future(_send(w, room, f"later-{index}", agent)))
+        await _turns(3)
+    release.set()
+    await asyncio.gather(first, *later)
+
+    assert sizes == [1, 3]
+    assert await _seqs(w, agent) == [1, 2, 3, 4]
+
+
+async def test_reads_asked_for_while_a_read_is_out_go_together_in_the_next(
+    tenant_a: TenantWorld, held_statements: tuple[list[int], Any]
+) -> None:
+    from messaging.hub import relay_hub
+    from messaging.sockets import SocketIdentity
+
+    w = tenant_a
+    sizes, release = held_statements
+    hub = relay_hub()
+
+    def read(device: Any) -> Any:
+        identity = SocketIdentity(w.tenant.pk, device.pk, device.member_id, 0, 1, 0)
+        return asyncio.ensure_future(hub.read(identity, after=0, limit=8))
+
+    first = read(w.owner_device.device)
+    await _turns(3)
+    later = []
+    for device in (w.agent_device.device, w.member_device.device):
+        later.append(read(device))
+        await _turns(3)
+    release.set()
+    answers = await asyncio.gather(first, *later)
+
+    assert sizes == [1, 2]
+    assert answers == [[], [], []]
