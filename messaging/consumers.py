@@ -66,7 +66,6 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -79,6 +78,7 @@ from messaging import events, sockets
 from messaging.actions import acheck_send_rate, send_allowance
 from messaging.conf import messaging_settings
 from messaging.hub import RelayHub, relay_hub
+from messaging.loops import spawn
 from messaging.serializers import inbox_entry, parse_send, parse_seq, parse_uuid
 from messaging.sockets import SocketClosedError, SocketIdentity
 
@@ -104,10 +104,6 @@ def socket_token(scope: dict[str, Any]) -> tuple[str | None, str | None]:
     query = parse_qs(scope.get("query_string", b"").decode("latin1"))
     tokens = query.get("token")
     return (tokens[0] if tokens else None), chosen
-
-
-# Tasks started from callbacks (closes, notices), kept until done.
-_closers: set[asyncio.Task[None]] = set()
 
 
 class _Bucket:
@@ -425,13 +421,7 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     def _close_soon(self, code: int, reason: str) -> None:
         """Close from a callback (outside any task of this socket)."""
         if not self.closing:
-            self._spawn(self._shut(code, reason))
-
-    @staticmethod
-    def _spawn(coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        _closers.add(task)
-        task.add_done_callback(_closers.discard)
+            spawn(self._shut(code, reason))
 
     def _token_expired(self) -> None:
         self._close_soon(sockets.CLOSE_UNAUTHENTICATED, "token expired")
@@ -494,4 +484,4 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     def devices_changed(self, room_id: uuid.UUID) -> None:
         """Tell the client to refresh a room's device list."""
         if not self.closing:
-            self._spawn(self._frame("devices_changed", room_id=str(room_id)))
+            spawn(self._frame("devices_changed", room_id=str(room_id)))

@@ -39,8 +39,7 @@ import contextlib
 import logging
 import time
 import uuid
-import weakref
-from collections.abc import Coroutine, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
@@ -48,6 +47,7 @@ from channels.layers import get_channel_layer
 
 from messaging import events, sockets, store
 from messaging.conf import messaging_settings
+from messaging.loops import PerLoop, spawn
 
 if TYPE_CHECKING:
     from messaging.consumers import RelayConsumer
@@ -140,7 +140,7 @@ class RelayHub:
         """Publish events in the background (the caller need not wait)."""
         pending = list(outgoing)
         if pending:
-            _spawn(self.loop, events.apublish(pending))
+            spawn(events.apublish(pending))
 
     def handle(self, message: dict[str, Any]) -> None:
         """Hand one channel-layer event to the sockets it names."""
@@ -221,13 +221,13 @@ class RelayHub:
             self.loop.call_soon(self._flush_soon)
 
     def _flush_soon(self) -> None:
-        _spawn(self.loop, self._flush())
+        spawn(self._flush())
 
     async def _flush(self) -> None:
         self._flushing = False
         for channel in self._outbox.keys() - self._posting:
             self._posting.add(channel)
-            _spawn(self.loop, self._post_wakes(channel))
+            spawn(self._post_wakes(channel))
         work = []
         for tenant_id in list(self._reads):
             if self._reading.get(tenant_id, 0) < READ_STATEMENTS:
@@ -306,12 +306,6 @@ class RelayHub:
                 await consumer.surveyed(states.get(consumer.device_id), sweep=sweep)
 
 
-def _spawn(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]) -> None:
-    task = loop.create_task(coro)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
 def _devices(raw: Any) -> list[uuid.UUID]:
     found = []
     for value in raw if isinstance(raw, list) else ():
@@ -337,18 +331,9 @@ def _unique(reads: list[_Read]) -> list[list[_Read]]:
     return [batch for _, batch in batches]
 
 
-# Background tasks (flushes, publishes), kept until done.
-_background: set[asyncio.Task[None]] = set()
-
-_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RelayHub] = (
-    weakref.WeakKeyDictionary()
-)
+_hubs = PerLoop(RelayHub)
 
 
 def relay_hub() -> RelayHub:
     """Return the relay hub of the running event loop."""
-    loop = asyncio.get_running_loop()
-    found = _hubs.get(loop)
-    if found is None:
-        found = _hubs[loop] = RelayHub(loop)
-    return found
+    return _hubs.get()

@@ -53,6 +53,7 @@ from messaging.errors import (
     RoomNotFoundError,
     StaleDevicesError,
 )
+from messaging.loops import PerLoop, spawn
 
 SEND_SQL = (
     "SELECT * FROM messaging_send(%s, %s, %s, %s, %s, %s, %s, %s,"
@@ -276,9 +277,7 @@ class _SendBatcher:
             for group in groups.values():
                 for chunk in _chunks(group):
                     self.busy[tenant_id] = self.busy.get(tenant_id, 0) + 1
-                    task = self.loop.create_task(self._store(tenant_id, chunk))
-                    _tasks.add(task)
-                    task.add_done_callback(_tasks.discard)
+                    spawn(self._store(tenant_id, chunk))
 
     async def _store(self, tenant_id: Any, chunk: list[tuple[list[Any], _Row]]) -> None:
         try:
@@ -319,19 +318,11 @@ def _chunks(
     return chunks
 
 
-_batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SendBatcher] = (
-    weakref.WeakKeyDictionary()
-)
-# Batch tasks, kept until done.
-_tasks: set[asyncio.Task[None]] = set()
+_batchers = PerLoop(_SendBatcher)
 
 
 def _batcher() -> _SendBatcher:
-    loop = asyncio.get_running_loop()
-    found = _batchers.get(loop)
-    if found is None:
-        found = _batchers[loop] = _SendBatcher(loop)
-    return found
+    return _batchers.get()
 
 
 # --- Reading and acknowledging ------------------------------------------------
