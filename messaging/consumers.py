@@ -320,6 +320,12 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
             await handler(self, frame)
         except SocketClosedError as exc:
             await self._shut(exc.close_code, exc.reason)
+        except Exception:
+            # The database failed the frame (a send's batch statement, an
+            # ack): nothing was stored for it, and the client resends after
+            # reconnecting (sends are idempotent on client_message_id).
+            logger.exception("Relay %s frame failed", kind)
+            await self._shut(sockets.CLOSE_UNAVAILABLE, "frame failed")
 
     async def _on_ack(self, frame: dict[str, Any]) -> None:
         try:
@@ -366,12 +372,18 @@ class RelayConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     # Delivery ------------------------------------------------------------------
 
     async def _pump(self) -> None:
-        """Push the backlog, then ``queue_empty``, then each new delivery."""
+        """Push the backlog, then ``queue_empty``, then each new delivery.
+
+        The device is checked once more first: a revocation that committed
+        after the socket opened but before it joined the hub published its
+        ``relay.revoke`` to nobody.
+        """
         assert self.identity is not None
         window = int(messaging_settings.MAX_IN_FLIGHT)
         byte_window = int(messaging_settings.MAX_IN_FLIGHT_BYTES)
         backlog_done = False
         try:
+            await sockets.check_socket(self.identity)
             while not self.closing:
                 room = window - len(self.pushed)
                 if self.inflight_bytes >= byte_window:

@@ -18,16 +18,19 @@ Both paths share the statement texts and the mapping of outcomes to errors.
 The send rules, in the order the function applies them (a refusal returns
 before anything is written):
 
-1. the sender's device is active, its member active, its socket not
+1. the device rows of the sender and of the room's active devices are
+   locked in id order (revocation locks the device row first too, so a
+   revocation of the sender or a recipient commits before the checks below
+   or waits for the send);
+2. the sender's device is active, its member active, its socket not
    replaced, and its member in the room (else ``room_not_found``);
-2. a repeat of its ``client_message_id`` answers with the first result;
-3. the recipients' device rows are locked in id order (revocation locks the
-   device row first too) and must be exactly the room's other active
-   devices: revoked ones are ``stale`` (410), otherwise ``device_mismatch``
-   (409) names the missing and extra ones;
-4. the recipients' queue rows are locked in id order and none may be at the
+3. a repeat of its ``client_message_id`` answers with the first result;
+4. the recipients must be exactly the room's other active devices: revoked
+   ones are ``stale`` (410), otherwise ``device_mismatch`` (409) names the
+   missing and extra ones;
+5. the recipients' queue rows are locked in id order and none may be at the
    cap (``recipient_queue_full``);
-5. the message row (its unique index catches a concurrent repeat), then one
+6. the message row (its unique index catches a concurrent repeat), then one
    delivery per device at the device's next gap-free sequence number.
 """
 
@@ -70,7 +73,7 @@ class Envelope:
     """One ciphertext for one recipient device."""
 
     device_id: uuid.UUID
-    ciphertext: bytes
+    ciphertext: bytes = dataclasses.field(repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +104,7 @@ class InboxEntry:
     room_id: uuid.UUID
     sender_device_id: uuid.UUID
     sender_member_id: uuid.UUID
-    ciphertext: bytes
+    ciphertext: bytes = dataclasses.field(repr=False)
     server_ts: datetime.datetime
 
 

@@ -20,6 +20,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_current text := current_setting('app.current_tenant_id', true);
 BEGIN
+    IF p_tenant IS NULL THEN
+        RAISE EXCEPTION 'a tenant scope needs a tenant'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     IF v_current IS NOT NULL AND v_current <> '' AND v_current <> p_tenant::text
     THEN
         RAISE EXCEPTION 'a tenant scope cannot switch tenants'
@@ -100,12 +104,47 @@ BEGIN
 END
 $$;
 
--- Store one send: the sender's checks, idempotency on the client id, one
--- envelope per active recipient device, the queue cap, then the message and
--- its deliveries at each device's next sequence number. A refusal returns
+-- Store one send: lock the device rows it depends on, then store it as
+-- messaging_send_locked does.
+--
+-- The sender's row is locked with the room's active devices, in id order
+-- (the order batches take device rows): a revocation of the sender either
+-- committed before the checks, which then refuse, or waits for this send.
+CREATE FUNCTION messaging_send(
+    p_tenant uuid, p_device uuid, p_member uuid, p_epoch bigint, p_room uuid,
+    p_client_id text, p_message uuid, p_now timestamptz,
+    p_devices uuid[], p_ciphertexts bytea[], p_cap integer,
+    OUT outcome text, OUT message_id uuid, OUT created_at timestamptz,
+    OUT devices uuid[], OUT seqs bigint[], OUT depths integer[],
+    OUT channels text[], OUT missing uuid[], OUT extra uuid[]
+)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM messaging_enter_tenant(p_tenant);
+    PERFORM 1 FROM enrollment_device AS d
+     WHERE d.id IN (
+            SELECT p_device
+            UNION
+            SELECT a.id FROM messaging_roommembership AS m
+              JOIN enrollment_device AS a ON a.member_id = m.member_id
+             WHERE m.room_id = p_room AND a.status = 'active')
+     ORDER BY d.id
+       FOR NO KEY UPDATE OF d;
+    SELECT * INTO outcome, message_id, created_at, devices, seqs, depths,
+                  channels, missing, extra
+      FROM messaging_send_locked(
+            p_tenant, p_device, p_member, p_epoch, p_room, p_client_id,
+            p_message, p_now, p_devices, p_ciphertexts, p_cap);
+END
+$$;
+
+-- Store one send whose sender and room device rows the caller has locked:
+-- the sender's checks, idempotency on the client id, one envelope per
+-- active recipient device, the queue cap, then the message and its
+-- deliveries at each device's next sequence number. A refusal returns
 -- before anything is written (queue rows created for the named devices
 -- aside, which hold nothing).
-CREATE FUNCTION messaging_send(
+CREATE FUNCTION messaging_send_locked(
     p_tenant uuid, p_device uuid, p_member uuid, p_epoch bigint, p_room uuid,
     p_client_id text, p_message uuid, p_now timestamptz,
     p_devices uuid[], p_ciphertexts bytea[], p_cap integer,
@@ -284,6 +323,9 @@ DROP_FUNCTIONS = """
 DROP FUNCTION messaging_ack(uuid, uuid, bigint, bigint);
 DROP FUNCTION messaging_inbox(uuid, uuid[], bigint[], integer);
 DROP FUNCTION messaging_send(
+    uuid, uuid, uuid, bigint, uuid, text, uuid, timestamptz, uuid[], bytea[], integer
+);
+DROP FUNCTION messaging_send_locked(
     uuid, uuid, uuid, bigint, uuid, text, uuid, timestamptz, uuid[], bytea[], integer
 );
 DROP FUNCTION messaging_open_socket(uuid, uuid, uuid, text);

@@ -2,9 +2,9 @@
 
 The relay gathers the sends its sockets receive in one event-loop turn and
 stores them with one call: one round trip and one commit for all of them,
-each send still judged by ``messaging_send`` on its own. Before any send, the
-function locks every device row the sends will lock (the named recipients
-and the rooms' active devices), then the named recipients' queue rows, each
+each send still judged by ``messaging_send_locked`` on its own. Before any
+send, the function locks every device row the sends will lock (the named
+recipients and the rooms' active devices, the senders among them), then the named recipients' queue rows, each
 set in id order: the order a single send and a revocation take them, so
 batches on several workers cannot deadlock one another. Each send runs in
 its own subtransaction; one that still meets a deadlock or a lock timeout
@@ -52,7 +52,7 @@ BEGIN
     FOR i IN 1 .. coalesce(cardinality(p_devices), 0) LOOP
         v_last := p_first[i] + p_count[i] - 1;
         BEGIN
-            SELECT * INTO r FROM messaging_send(
+            SELECT * INTO r FROM messaging_send_locked(
                 p_tenant, p_devices[i], p_members[i], p_epochs[i], p_rooms[i],
                 p_client_ids[i], p_messages[i], p_now,
                 coalesce(p_env_devices[p_first[i]:v_last], '{}'),

@@ -14,7 +14,7 @@ from django.utils import timezone
 from agentvault.auth.tokens import get_registry
 from enrollment.models import Device
 from enrollment.signals import device_revoked
-from messaging import ratelimit
+from messaging import ratelimit, store
 from messaging.actions import do_send_message
 from messaging.models import Delivery, Room
 from messaging.store import Envelope
@@ -532,4 +532,29 @@ async def test_peers_hear_devices_changed_on_approval_and_membership_changes(
     expected = {"type": "devices_changed", "room_id": str(room.pk)}
     assert approved == expected
     assert added == expected
+    await owner.disconnect()
+
+
+async def test_a_send_the_database_fails_closes_the_socket_with_4503(
+    tenant_a: TenantWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = tenant_a
+    room = await _room(w.owner, w.agent)
+    owner, _ = await open_socket(w.owner_device.device)
+    await frames_until(owner, "queue_empty")
+
+    async def failing(sql: str, params: Any) -> Any:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(store, "_fetchall", failing)
+    await send_json(
+        owner,
+        type="send",
+        room_id=str(room.pk),
+        client_message_id="m1",
+        envelopes=[envelope(w.agent_device.device)],
+    )
+
+    assert await close_code(owner) == 4503
+    assert await _deliveries(w, w.agent_device.device) == []
     await owner.disconnect()

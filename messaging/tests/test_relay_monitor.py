@@ -147,6 +147,7 @@ async def test_idle_sockets_of_one_tenant_cost_one_status_query_per_interval(
         comms.append(comm)
     monkeypatch.setattr(store, "ainbox", counted_store("ainbox"))
     surveys.clear()
+    per_socket.clear()  # each socket checked its device once as it opened
 
     await asyncio.sleep(5 * FAST["STATUS_INTERVAL"])
 
