@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e_support import CliProcess, World
+from tests.e2e_support import AGENTVAULT, CliProcess, World
 from tests.servers import ServerProcess, server_env
 
 pytestmark = [pytest.mark.slow]
@@ -203,6 +203,42 @@ def test_a_device_enrolled_later_starts_from_its_enrollment(
     ]
     assert owner_c not in {m["sender_device_id"] for m in seen}
     _check_owner_b(setup)
+
+
+def test_a_device_approved_after_enroll_no_wait_publishes_prekeys_once_online(
+    setup: dict[str, Any], world: World, django_db_blocker: Any
+) -> None:
+    import subprocess
+
+    from enrollment.models import OneTimePrekey
+    from tenants.scope import tenant_scope
+
+    with django_db_blocker.unblock():
+        token = world.invite(member=world.owner)
+    enrolled = subprocess.run(
+        [str(AGENTVAULT), "--profile", "owner-d", "enroll", "--no-wait"]
+        + ["--server", world.server.url, "--name", "phone"],
+        env=world.env(AGENTVAULT_INVITE=token),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert enrolled.returncode == 0, enrolled.stderr
+    device_id = enrolled.stdout.split()[2]
+
+    def published() -> int:
+        with django_db_blocker.unblock(), tenant_scope(world.tenant.pk):
+            return OneTimePrekey.objects.filter(device_id=device_id).count()
+
+    with django_db_blocker.unblock():
+        world.approve(device_id)
+    assert published() == 0
+    # Coming online (here: listening) is enough; no `agentvault wait`.
+    world.spawn("owner-d", "listen", "--room", setup["room"], "--json")
+    deadline = time.monotonic() + 30
+    while published() == 0 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert published() > 0
 
 
 def test_killing_the_agent_program_is_reported_and_the_bridge_keeps_running(

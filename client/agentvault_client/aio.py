@@ -206,7 +206,9 @@ class AsyncAgentVaultClient:
         self._new_messages = asyncio.Event()
         self._caught_up = asyncio.Event()
         self._receiver: asyncio.Task[None] | None = None
-        self._prekey_check = False
+        # Check the server's prekeys at the first catch-up: a device enrolled
+        # with --no-wait and approved later has published none yet.
+        self._prekey_check = True
         #: True while the relay socket is open (False when polling REST).
         self.connected = False
 

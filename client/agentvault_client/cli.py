@@ -605,8 +605,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SdkError as exc:
         _err(f"error: {exc.code}: {exc.message}")
         return EXIT_ERROR
-    except (OSError, ValueError) as exc:
-        _err(f"error: {type(exc).__name__}: {exc}")
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        _err(f"error: file_error: {exc.strerror or exc}{where}")
+        return EXIT_ERROR
+    except UnicodeDecodeError:
+        _err("error: bad_input: a file given is not UTF-8 text")
+        return EXIT_ERROR
+    except ValueError as exc:
+        _err(f"error: bad_input: {exc}")
         return EXIT_ERROR
 
 

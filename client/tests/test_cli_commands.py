@@ -59,3 +59,28 @@ def test_enroll_against_no_server_fails_and_leaves_no_profile(
     assert code == 1
     assert "error: transport_error:" in capsys.readouterr().err
     assert not (tmp_path / "default").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [(None, "file_error"), (b"\xff\xfe", "bad_input"), ("dir", "file_error")],
+)
+def test_an_unreadable_invite_file_gets_a_stable_code(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes | str | None,
+    code: str,
+) -> None:
+    monkeypatch.setenv("AGENTVAULT_HOME", str(tmp_path / "home"))
+    invite = tmp_path / "bot.invite"
+    if content == "dir":
+        invite.mkdir()
+    elif isinstance(content, bytes):
+        invite.write_bytes(content)
+    argv = ["enroll", "--server", "http://127.0.0.1:9", "--no-wait"]
+
+    assert cli.main([*argv, "--invite-file", str(invite)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {code}:" in err
+    assert "Error:" not in err  # no exception class names

@@ -103,10 +103,19 @@ def test_commands_stay_inside_the_named_tenant(
             ["create_invite", "--tenant", "alpha", "--name", "x", "--hours", "200"],
             "hours",
         ),
-        (["approve_device", "--tenant", "alpha", "--device", "x"], "not a device id"),
+        (
+            ["approve_device", "--tenant", "alpha", "--device", "x"]
+            + ["--fingerprint", "0"],
+            "not a device id",
+        ),
+        (
+            ["approve_device", "--tenant", "alpha", "--device", str(uuid.uuid4())]
+            + ["--fingerprint", "0"],
+            "No device",
+        ),
         (
             ["approve_device", "--tenant", "alpha", "--device", str(uuid.uuid4())],
-            "No device",
+            "--fingerprint",
         ),
     ],
 )

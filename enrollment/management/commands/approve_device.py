@@ -24,7 +24,9 @@ class Command(BaseCommand):
         parser.add_argument("--device", required=True, help="Device id.")
         parser.add_argument(
             "--fingerprint",
-            help="Fingerprint read from the device; approval stops if it differs.",
+            required=True,
+            help="Fingerprint read from the device's screen (`agentvault status`);"
+            " approval stops if it differs. There is no approval without it.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -32,11 +34,7 @@ class Command(BaseCommand):
         tenant = resolve_tenant(options["tenant"])
         with tenant_scope(tenant.pk):
             device = load_device(tenant.pk, options["device"])
-            expected = options["fingerprint"]
-            if (
-                expected is not None
-                and " ".join(expected.split()) != device.fingerprint
-            ):
+            if " ".join(options["fingerprint"].split()) != device.fingerprint:
                 raise CommandError(
                     "The fingerprint differs from the enrolled key: not approved."
                 )
