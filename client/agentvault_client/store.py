@@ -224,6 +224,9 @@ class Store:
         sources = [x is not None for x in (passphrase, key_file, storage_key)]
         if sum(sources) != 1:
             raise ValueError("Give exactly one of passphrase, key_file, storage_key.")
+        # Created 0600 first: SQLite gives its -wal and -shm files the
+        # database file's mode.
+        os.close(os.open(os.fspath(path), os.O_RDWR | os.O_CREAT, 0o600))
         conn = sqlite3.connect(os.fspath(path), isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")

@@ -306,3 +306,18 @@ def test_reopening_at_any_step_continues_the_conversation(
                 assert recipient.decrypt(me, data) == text
     alice.close()
     bob.close()
+
+
+def test_the_store_and_its_wal_files_are_private_to_the_user(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        store = Store.open(tmp_path / "s.db", storage_key=os.urandom(32))
+        store.create_identity()
+        files = sorted(tmp_path.glob("s.db*"))
+        modes = {p.name: os.stat(p).st_mode & 0o777 for p in files}
+        store.close()
+    finally:
+        os.umask(old)
+
+    assert "s.db-wal" in modes
+    assert set(modes.values()) == {0o600}, modes

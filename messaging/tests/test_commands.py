@@ -167,3 +167,19 @@ def test_prune_deletes_expired_invites_and_challenges_only(
         assert DeviceChallenge.objects.count() == 1
     with tenant_scope(tenant_b.tenant.pk):
         assert (Invite.objects.count(), DeviceChallenge.objects.count()) == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("rooms", "message"),
+    [(0, "No room 'ops' in this tenant."), (2, "Several rooms of this tenant")],
+)
+def test_a_room_name_that_names_no_room_or_several_says_which(
+    tenant_a: TenantWorld, rooms: int, message: str
+) -> None:
+    w = tenant_a
+    for _ in range(rooms):
+        make_room(w.owner, name="ops")
+    args = ["--tenant", "alpha", "--room", "ops", "--member", str(w.agent.pk)]
+
+    with pytest.raises(CommandError, match=message):
+        _run("add_room_member", *args)

@@ -26,8 +26,11 @@ def load_room(value: str) -> Room:
     try:
         return actions.access_room(value, member=_operator())
     except NotFoundError:
-        hint = " (several rooms have that name; give its id)" if rooms else ""
-        raise CommandError(f"No room {value!r} in this tenant{hint}.") from None
+        if rooms:
+            raise CommandError(
+                f"Several rooms of this tenant are named {value!r}; give the id."
+            ) from None
+        raise CommandError(f"No room {value!r} in this tenant.") from None
 
 
 def load_member(value: str) -> Member:
