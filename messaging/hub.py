@@ -174,7 +174,9 @@ class RelayHub:
             else:
                 self._outbox.setdefault(entry.channel, set()).add(entry.device_id)
         self.wake_local(local)
-        self._schedule()
+        for channel in self._outbox.keys() - self._posting:
+            self._posting.add(channel)
+            spawn(self._post_wakes(channel))
 
     async def _listen(self) -> None:
         layer = get_channel_layer()
@@ -215,26 +217,19 @@ class RelayHub:
     # Batching ------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        """Flush at the end of this turn, with whatever else the turn adds."""
-        if not self._flushing and (self._outbox or self._reads):
+        """Read at the end of this turn, with whatever else the turn adds."""
+        if not self._flushing and self._reads:
             self._flushing = True
-            self.loop.call_soon(self._flush_soon)
+            self.loop.call_soon(self._flush)
 
-    def _flush_soon(self) -> None:
-        spawn(self._flush())
-
-    async def _flush(self) -> None:
+    def _flush(self) -> None:
+        """Start the reads gathered so far (those whose tenant may read)."""
         self._flushing = False
-        for channel in self._outbox.keys() - self._posting:
-            self._posting.add(channel)
-            spawn(self._post_wakes(channel))
-        work = []
         for tenant_id in list(self._reads):
             if self._reading.get(tenant_id, 0) < READ_STATEMENTS:
                 for batch in _unique(self._reads.pop(tenant_id)):
                     self._reading[tenant_id] = self._reading.get(tenant_id, 0) + 1
-                    work.append(self._read_batch(tenant_id, batch))
-        await asyncio.gather(*work)
+                    spawn(self._read_batch(tenant_id, batch))
 
     async def _post_wakes(self, channel: str) -> None:
         """Wake another process, one event at a time: the devices gathered
