@@ -1,14 +1,15 @@
 """Several relay sends of one tenant in one statement (``messaging_send_batch``).
 
-The relay gathers the sends its sockets receive in one event-loop turn and
-stores them with one call: one round trip and one commit for all of them,
-each send still judged by ``messaging_send_locked`` on its own. Before any
-send, the function locks every device row the sends will lock (the named
-recipients and the rooms' active devices, the senders among them), then the named recipients' queue rows, each
-set in id order: the order a single send and a revocation take them, so
-batches on several workers cannot deadlock one another. Each send runs in
-its own subtransaction; one that still meets a deadlock or a lock timeout
-answers ``retry`` and is sent again alone, and the rest of the batch stands.
+The relay gathers a tenant's sends (``messaging.store``) and stores them with
+one call: one round trip and one commit for all of them, each send still
+judged by ``messaging_send_locked`` on its own. Before any send, the function
+locks every device row the sends will lock (the named recipients and the
+rooms' active devices, the senders among them), then the named recipients'
+queue rows, each set in id order: the order a single send and a revocation
+take them, so batches on several workers cannot deadlock one another. Each
+send runs in its own subtransaction; one that still meets a deadlock or a
+lock timeout answers ``retry`` and is sent again alone, and the rest of the
+batch stands.
 """
 
 from django.db import migrations

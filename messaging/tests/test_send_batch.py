@@ -96,7 +96,8 @@ async def test_sends_of_one_turn_share_one_statement_and_keep_their_answers(
         "SELECT * FROM messaging_send_batch"
     ]
     a, b, repeat, wrong, c = results
-    assert [r[0].created for r in (a, b, c)] == [True, True, True]  # type: ignore[index]
+    stored = (a, b, c)
+    assert [r[0].created for r in stored] == [True] * 3  # type: ignore[index]
     assert [r[1][0].seq for r in (a, b, c)] == [2, 3, 4]  # type: ignore[index]
     assert repeat[0].message_id == first[0].message_id  # type: ignore[index]
     assert repeat[0].created is False  # type: ignore[index]
