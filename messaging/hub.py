@@ -47,7 +47,7 @@ from channels.layers import get_channel_layer
 
 from messaging import events, sockets, store
 from messaging.conf import messaging_settings
-from messaging.loops import PerLoop, spawn
+from messaging.loops import Gatherer, PerLoop, spawn
 
 if TYPE_CHECKING:
     from messaging.consumers import RelayConsumer
@@ -73,9 +73,9 @@ class RelayHub:
         self.survey: asyncio.Task[None] | None = None
         self._outbox: dict[str, set[uuid.UUID]] = {}
         self._posting: set[str] = set()
-        self._reads: dict[uuid.UUID, list[_Read]] = {}
-        self._reading: dict[uuid.UUID, int] = {}
-        self._flushing = False
+        self._reads: Gatherer[uuid.UUID, _Read] = Gatherer(
+            loop, self._read_group, limit=READ_STATEMENTS
+        )
 
     async def start(self) -> str:
         """Return the process's wake-up channel, creating it on first use."""
@@ -208,28 +208,13 @@ class RelayHub:
     ) -> list[store.InboxEntry]:
         """Read up to ``limit`` envelopes of a socket's queue after ``after``."""
         future: asyncio.Future[list[store.InboxEntry]] = self.loop.create_future()
-        self._reads.setdefault(identity.tenant_id, []).append(
-            (identity.device_id, after, limit, future)
-        )
-        self._schedule()
+        self._reads.add(identity.tenant_id, (identity.device_id, after, limit, future))
         return await future
 
-    # Batching ------------------------------------------------------------------
-
-    def _schedule(self) -> None:
-        """Read at the end of this turn, with whatever else the turn adds."""
-        if not self._flushing and self._reads:
-            self._flushing = True
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        """Start the reads gathered so far (those whose tenant may read)."""
-        self._flushing = False
-        for tenant_id in list(self._reads):
-            if self._reading.get(tenant_id, 0) < READ_STATEMENTS:
-                for batch in _unique(self._reads.pop(tenant_id)):
-                    self._reading[tenant_id] = self._reading.get(tenant_id, 0) + 1
-                    spawn(self._read_batch(tenant_id, batch))
+    async def _read_group(self, tenant_id: uuid.UUID, reads: list[_Read]) -> None:
+        await asyncio.gather(
+            *(self._read_batch(tenant_id, batch) for batch in _unique(reads))
+        )
 
     async def _post_wakes(self, channel: str) -> None:
         """Wake another process, one event at a time: the devices gathered
@@ -250,11 +235,6 @@ class RelayHub:
                 if not future.done():
                     future.set_exception(exc)
             return
-        finally:
-            self._reading[tenant_id] -= 1
-            if not self._reading[tenant_id]:
-                del self._reading[tenant_id]
-            self._schedule()
         for device, _, wanted, future in batch:
             if not future.done():
                 future.set_result(found.get(device, [])[:wanted])

@@ -56,7 +56,7 @@ from messaging.errors import (
     RoomNotFoundError,
     StaleDevicesError,
 )
-from messaging.loops import PerLoop, spawn
+from messaging.loops import Gatherer, PerLoop
 
 SEND_SQL = (
     "SELECT * FROM messaging_send(%s, %s, %s, %s, %s, %s, %s, %s,"
@@ -241,48 +241,35 @@ def send_batch_params(batch: Sequence[Sequence[Any]]) -> list[Any]:
 
 
 class _SendBatcher:
-    """The sends of one event loop, gathered and stored together.
+    """The sends of one event loop, stored together per tenant.
 
-    Sends of one tenant go to PostgreSQL at most ``SEND_STATEMENTS`` batch
-    statements at a time: while those are out, new sends wait and go
-    together in the next, like a group commit. An idle relay sends at once;
-    a busy one stores several sends per statement and per commit, which is
-    what keeps PostgreSQL's work per message down. Tenants do not wait for
-    one another (a lock wait in one holds up only its own sends).
+    While ``SEND_STATEMENTS`` batch statements of a tenant are out, its new
+    sends wait and go together in the next (``messaging.loops.Gatherer``).
+    An idle relay sends at once; a busy one stores several sends per
+    statement and per commit, which is what keeps PostgreSQL's work per
+    message down. A lock wait holds up only its own tenant's sends.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.pending: dict[Any, list[tuple[list[Any], _Row]]] = {}
-        self.busy: dict[Any, int] = {}
-        self.scheduled = False
+        self.sends: Gatherer[Any, tuple[list[Any], _Row]] = Gatherer(
+            loop, self._store, limit=SEND_STATEMENTS
+        )
 
     def submit(self, params: list[Any]) -> _Row:
         future: _Row = self.loop.create_future()
-        self.pending.setdefault(params[0], []).append((params, future))
-        self._schedule()
+        self.sends.add(params[0], (params, future))
         return future
 
-    def _schedule(self) -> None:
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self._flush)
+    async def _store(self, tenant_id: Any, items: list[tuple[list[Any], _Row]]) -> None:
+        by_cap: dict[Any, list[tuple[list[Any], _Row]]] = {}
+        for item in items:
+            by_cap.setdefault(item[0][10], []).append(item)
+        chunks = [chunk for group in by_cap.values() for chunk in _chunks(group)]
+        await asyncio.gather(*(self._store_chunk(chunk) for chunk in chunks))
 
-    def _flush(self) -> None:
-        self.scheduled = False
-        for tenant_id in list(self.pending):
-            if self.busy.get(tenant_id, 0) >= SEND_STATEMENTS:
-                continue
-            items = self.pending.pop(tenant_id)
-            groups: dict[Any, list[tuple[list[Any], _Row]]] = {}
-            for item in items:
-                groups.setdefault(item[0][10], []).append(item)
-            for group in groups.values():
-                for chunk in _chunks(group):
-                    self.busy[tenant_id] = self.busy.get(tenant_id, 0) + 1
-                    spawn(self._store(tenant_id, chunk))
-
-    async def _store(self, tenant_id: Any, chunk: list[tuple[list[Any], _Row]]) -> None:
+    @staticmethod
+    async def _store_chunk(chunk: list[tuple[list[Any], _Row]]) -> None:
         try:
             rows = await _fetchall(
                 SEND_BATCH_SQL, send_batch_params([params for params, _ in chunk])
@@ -292,16 +279,9 @@ class _SendBatcher:
                 if not future.done():
                     future.set_exception(exc)
             return
-        else:
-            for (_, future), row in zip(chunk, rows, strict=True):
-                if not future.done():
-                    future.set_result(row[1:])
-        finally:
-            self.busy[tenant_id] -= 1
-            if not self.busy[tenant_id]:
-                del self.busy[tenant_id]
-            if self.pending:
-                self._schedule()
+        for (_, future), row in zip(chunk, rows, strict=True):
+            if not future.done():
+                future.set_result(row[1:])
 
 
 def _chunks(
