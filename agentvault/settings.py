@@ -290,7 +290,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["agentvault.parsers.SafeJSONParser"],
     "EXCEPTION_HANDLER": "agentvault.errors.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "agentvault.schema.ApiAutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -301,6 +301,10 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
+    "ENUM_NAME_OVERRIDES": {
+        "MemberKindEnum": "tenants.models.Member.Kind",
+        "MemberRoleEnum": "tenants.models.Member.Role",
+    },
 }
 
 

@@ -7,6 +7,7 @@ import binascii
 from typing import Any
 
 from django.utils.translation import gettext_lazy as _
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from enrollment.crypto import (
@@ -19,6 +20,7 @@ from enrollment.models import Device, Invite
 from tenants.models import Member
 
 
+@extend_schema_field({"type": "string", "format": "byte"})
 class Base64Field(serializers.Field[bytes, Any, str, Any]):
     """Bytes as standard, padded base64 text, optionally of a fixed length."""
 
@@ -104,6 +106,15 @@ class InviteSerializer(serializers.ModelSerializer[Invite]):
         ]
 
 
+class InviteCreatedSerializer(InviteSerializer):
+    """A new invite, with its token: the only time the token is shown."""
+
+    token = serializers.CharField()
+
+    class Meta(InviteSerializer.Meta):
+        fields = [*InviteSerializer.Meta.fields, "token"]
+
+
 # --- Enrollment and device authentication -------------------------------------
 
 
@@ -114,6 +125,16 @@ class EnrollmentSerializer(serializers.Serializer[Any]):
     identity_key = Base64Field()
     device_name = serializers.CharField(max_length=200)
     proof = Base64Field(length=SIGNATURE_BYTES)
+
+
+class EnrollmentResultSerializer(serializers.Serializer[Any]):
+    """The pending device an enrollment created."""
+
+    device_id = serializers.UUIDField()
+    member_id = serializers.UUIDField()
+    tenant_id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=Device.Status.choices)
+    fingerprint = serializers.CharField()
 
 
 class ChallengeRequestSerializer(serializers.Serializer[Any]):
@@ -128,6 +149,21 @@ class TokenRequestSerializer(serializers.Serializer[Any]):
     device_id = serializers.UUIDField()
     challenge = Base64Field(length=CHALLENGE_BYTES)
     signature = Base64Field(length=SIGNATURE_BYTES)
+
+
+class ChallengeSerializer(serializers.Serializer[Any]):
+    """A single-use challenge and how long it stays valid (seconds)."""
+
+    challenge = Base64Field()
+    expires_in = serializers.IntegerField()
+
+
+class AccessTokenSerializer(serializers.Serializer[Any]):
+    """A device's bearer token."""
+
+    access_token = serializers.CharField()
+    token_type = serializers.ChoiceField(choices=["Bearer"])
+    expires_in = serializers.IntegerField()
 
 
 # --- Devices -------------------------------------------------------------------
@@ -209,3 +245,38 @@ class PrekeyUploadSerializer(serializers.Serializer[Any]):
         if not attrs.get("signed_prekey") and not attrs.get("one_time_prekeys"):
             raise serializers.ValidationError(_("Nothing to upload."))
         return attrs
+
+
+class PrekeyCountSerializer(serializers.Serializer[Any]):
+    """How many one-time prekeys the device holds after an upload."""
+
+    one_time_prekeys = serializers.IntegerField()
+
+
+class PrekeyStatusSerializer(serializers.Serializer[Any]):
+    """The device's one-time prekeys left and its signed prekey's id."""
+
+    one_time_prekeys = serializers.IntegerField()
+    signed_prekey_id = serializers.IntegerField(allow_null=True)
+
+
+class OneTimePrekeyOutSerializer(serializers.Serializer[Any]):
+    """A one-time prekey handed out in a bundle."""
+
+    id = serializers.IntegerField()
+    public_key = Base64Field()
+
+
+class SignedPrekeyOutSerializer(OneTimePrekeyOutSerializer):
+    """A signed prekey in a bundle."""
+
+    signature = Base64Field()
+
+
+class PrekeyBundleSerializer(serializers.Serializer[Any]):
+    """What a peer needs to start a session with one device."""
+
+    device_id = serializers.UUIDField()
+    identity_key = Base64Field()
+    signed_prekey = SignedPrekeyOutSerializer()
+    one_time_prekey = OneTimePrekeyOutSerializer(allow_null=True)

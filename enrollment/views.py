@@ -13,6 +13,7 @@ from typing import Any
 
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -24,16 +25,24 @@ from agentvault.auth.principal import Principal
 from agentvault.context import request_client_ip
 from agentvault.errors import BadRequestError, ForbiddenError, NotFoundError
 from agentvault.observability.metrics import AUTH_FAILURES
+from agentvault.schema import errors
 from enrollment import actions, limits
 from enrollment.conf import option
 from enrollment.errors import ChallengeFailedError, InvalidKeyError
 from enrollment.models import Device, Invite
 from enrollment.serializers import (
+    AccessTokenSerializer,
     ChallengeRequestSerializer,
+    ChallengeSerializer,
     DeviceSerializer,
+    EnrollmentResultSerializer,
     EnrollmentSerializer,
+    InviteCreatedSerializer,
     InviteCreateSerializer,
     InviteSerializer,
+    PrekeyBundleSerializer,
+    PrekeyCountSerializer,
+    PrekeyStatusSerializer,
     PrekeyUploadSerializer,
     TokenRequestSerializer,
 )
@@ -108,11 +117,16 @@ class InviteListView(APIView):
 
     permission_classes = [IsTenantAdmin]
 
+    @extend_schema(responses={200: InviteSerializer(many=True)})
     def get(self, request: Request) -> Response:
         """List invites, newest first."""
         invites = Invite.objects.filter(tenant_id=_caller(request).tenant_id)[:500]
         return Response(InviteSerializer(invites, many=True).data)
 
+    @extend_schema(
+        request=InviteCreateSerializer,
+        responses={201: InviteCreatedSerializer, **errors(404)},
+    )
     def post(self, request: Request) -> Response:
         """Create an invite."""
         data = _valid(InviteCreateSerializer(data=request.data))
@@ -146,6 +160,7 @@ class InviteRevokeView(APIView):
 
     permission_classes = [IsTenantAdmin]
 
+    @extend_schema(request=None, responses={200: InviteSerializer, **errors(404, 409)})
     def post(self, request: Request, invite_id: uuid.UUID) -> Response:
         """Revoke an open invite (idempotent)."""
         invite = Invite.objects.filter(
@@ -167,6 +182,10 @@ class EnrollmentView(APIView):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
 
+    @extend_schema(
+        request=EnrollmentSerializer,
+        responses={201: EnrollmentResultSerializer, **errors(409, 429)},
+    )
     def post(self, request: Request) -> Response:
         """Enroll; every attempt counts toward the per-address limit."""
         limits.count_enrollment_attempt(request)
@@ -197,6 +216,10 @@ class ChallengeView(APIView):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
 
+    @extend_schema(
+        request=ChallengeRequestSerializer,
+        responses={200: ChallengeSerializer, **errors(429)},
+    )
     def post(self, request: Request) -> Response:
         """Return a challenge, whether or not the device exists."""
         abuse.check_request_not_blocked(request)
@@ -218,6 +241,10 @@ class TokenView(APIView):
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
 
+    @extend_schema(
+        request=TokenRequestSerializer,
+        responses={200: AccessTokenSerializer, **errors(401, 429)},
+    )
     def post(self, request: Request) -> Response:
         """Issue a bearer token for the device that signed the challenge."""
         abuse.check_request_not_blocked(request)
@@ -261,6 +288,10 @@ class DeviceListView(APIView):
 
     permission_classes = [IsTenantAdmin]
 
+    @extend_schema(
+        parameters=[OpenApiParameter("status", str, enum=list(Device.Status.values))],
+        responses={200: DeviceSerializer(many=True), **errors(400)},
+    )
     def get(self, request: Request) -> Response:
         """List devices, optionally filtered by ``?status=``."""
         devices = Device.objects.select_related("member").filter(
@@ -279,6 +310,7 @@ class DeviceMeView(APIView):
 
     permission_classes = [IsDevice]
 
+    @extend_schema(responses={200: DeviceSerializer})
     def get(self, request: Request) -> Response:
         """Return the calling device's status and fingerprint."""
         return Response(DeviceSerializer(_device(request)).data)
@@ -289,6 +321,7 @@ class DeviceApproveView(APIView):
 
     permission_classes = [IsTenantAdmin]
 
+    @extend_schema(request=None, responses={200: DeviceSerializer, **errors(404, 409)})
     def post(self, request: Request, device_id: uuid.UUID) -> Response:
         """Approve a pending device (idempotent)."""
         device = access_device(_caller(request), device_id)
@@ -301,6 +334,7 @@ class DeviceRevokeView(APIView):
 
     permission_classes = [IsActiveDevice]
 
+    @extend_schema(request=None, responses={200: DeviceSerializer, **errors(404)})
     def post(self, request: Request, device_id: uuid.UUID) -> Response:
         """Revoke a device (idempotent)."""
         principal = _caller(request)
@@ -319,6 +353,10 @@ class PrekeysView(APIView):
 
     permission_classes = [IsActiveDeviceToken]
 
+    @extend_schema(
+        request=PrekeyUploadSerializer,
+        responses={200: PrekeyCountSerializer, **errors(409, 422)},
+    )
     def put(self, request: Request) -> Response:
         """Publish a signed prekey and one-time prekeys."""
         serializer = PrekeyUploadSerializer(
@@ -342,6 +380,7 @@ class PrekeysView(APIView):
         )
         return Response({"one_time_prekeys": count})
 
+    @extend_schema(responses={200: PrekeyStatusSerializer})
     def get(self, request: Request) -> Response:
         """Return the count of one-time prekeys left and the signed prekey id."""
         return Response(actions.get_prekey_status(_device(request)))
@@ -352,6 +391,10 @@ class PrekeyBundlesView(APIView):
 
     permission_classes = [IsActiveDeviceToken]
 
+    @extend_schema(
+        request=None,
+        responses={200: PrekeyBundleSerializer(many=True), **errors(404)},
+    )
     def post(self, request: Request, member_id: uuid.UUID) -> Response:
         """Return one bundle per active device of the member but the caller."""
         principal = _caller(request)

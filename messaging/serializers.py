@@ -12,6 +12,8 @@ import dataclasses
 import uuid
 from typing import Any
 
+from django.core.validators import RegexValidator
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agentvault.errors import BadRequestError
@@ -135,6 +137,12 @@ class RoomSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
         return [str(m.member_id) for m in room.memberships.all()]
 
 
+class RoomListSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """Output of ``GET /rooms``."""
+
+    rooms = RoomSerializer(many=True)
+
+
 class CreateRoomSerializer(serializers.Serializer):  # type: ignore[type-arg]
     """Input of ``POST /rooms``."""
 
@@ -168,3 +176,82 @@ def room_device(device: Device, *, queue_depth: int | None = None) -> dict[str, 
     if queue_depth is not None:
         shape["queue_depth"] = queue_depth
     return shape
+
+
+# --- Shapes of bodies built by hand, for the API schema ------------------------
+
+
+@extend_schema_field({"type": "string", "format": "byte"})
+class Base64TextField(serializers.CharField):
+    """Standard, padded base64 text."""
+
+
+class EnvelopeSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """One recipient device's ciphertext in a send (see ``parse_send``)."""
+
+    device_id = serializers.UUIDField()
+    ciphertext = Base64TextField(min_length=1)
+
+
+class SendSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """Input of ``POST /rooms/{id}/messages`` (parsed by ``parse_send``)."""
+
+    client_message_id = serializers.CharField(
+        min_length=1,
+        max_length=64,
+        validators=[RegexValidator(r"^[ -~]+$")],
+        help_text="1 to 64 printable ASCII characters.",
+    )
+    envelopes = EnvelopeSerializer(many=True)
+
+
+class SendResultSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """Output of a send: the stored message's id and server time."""
+
+    message_id = serializers.UUIDField()
+    server_ts = serializers.DateTimeField()
+
+
+class InboxEntrySerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """One queued envelope (``inbox_entry``)."""
+
+    seq = serializers.IntegerField()
+    message_id = serializers.UUIDField()
+    room_id = serializers.UUIDField()
+    sender_device_id = serializers.UUIDField()
+    sender_member_id = serializers.UUIDField()
+    ciphertext = Base64TextField()
+    server_ts = serializers.DateTimeField()
+
+
+class InboxSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """Output of ``GET /devices/me/inbox``."""
+
+    envelopes = InboxEntrySerializer(many=True)
+
+
+class AckResultSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """Output of ``POST /devices/me/inbox/ack``."""
+
+    acked_seq = serializers.IntegerField()
+    deleted = serializers.IntegerField()
+
+
+class RoomDeviceSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """One active device of a room (``room_device``)."""
+
+    device_id = serializers.UUIDField()
+    member_id = serializers.UUIDField()
+    name = serializers.CharField()
+    identity_key = Base64TextField()
+    fingerprint = serializers.CharField()
+    queue_depth = serializers.IntegerField(
+        required=False, help_text="Queued envelopes; shown to admins only."
+    )
+
+
+class RoomDevicesSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """Output of ``GET /rooms/{id}/devices``."""
+
+    room_id = serializers.UUIDField()
+    devices = RoomDeviceSerializer(many=True)

@@ -9,7 +9,7 @@ urlpatterns = [
     path("rooms/<str:room_id>/members", views.RoomMembersView.as_view()),
     path(
         "rooms/<str:room_id>/members/<str:member_id>",
-        views.RoomMembersView.as_view(),
+        views.RoomMemberView.as_view(),
         name="room-member",
     ),
     path("rooms/<str:room_id>/devices", views.RoomDevicesView.as_view()),

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from django.db.models import Prefetch
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -20,6 +21,7 @@ from agentvault.auth.drf import IsActiveDevice, IsTenantAdmin
 from agentvault.auth.principal import Principal
 from agentvault.errors import BadRequestError
 from agentvault.observability import metrics
+from agentvault.schema import errors
 from enrollment.models import Device
 from messaging import actions
 from messaging.conf import messaging_settings
@@ -31,10 +33,16 @@ from messaging.errors import (
 )
 from messaging.models import DeviceQueue, Room, RoomMembership
 from messaging.serializers import (
+    AckResultSerializer,
     AckSerializer,
     CreateRoomSerializer,
+    InboxSerializer,
+    RoomDevicesSerializer,
+    RoomListSerializer,
     RoomMemberSerializer,
     RoomSerializer,
+    SendResultSerializer,
+    SendSerializer,
     inbox_entry,
     parse_send,
     room_device,
@@ -78,11 +86,16 @@ class RoomsView(APIView):
             return [IsTenantAdmin()]
         return [IsActiveDevice()]
 
+    @extend_schema(responses={200: RoomListSerializer})
     def get(self, request: Request) -> Response:
         """Return the rooms the caller may see."""
         rooms = actions.get_rooms(member=_member(request))
         return Response({"rooms": RoomSerializer(rooms, many=True).data})
 
+    @extend_schema(
+        request=CreateRoomSerializer,
+        responses={201: RoomSerializer, **errors(404)},
+    )
     def post(self, request: Request) -> Response:
         """Create a room with its first members."""
         serializer = CreateRoomSerializer(data=request.data)
@@ -116,12 +129,20 @@ class RoomMembersView(APIView):
             member_id = serializer.validated_data["member_id"]
         return room, actions.access_member(member_id)
 
+    @extend_schema(
+        request=RoomMemberSerializer,
+        responses={201: RoomSerializer, 200: RoomSerializer, **errors(404)},
+    )
     def post(self, request: Request, room_id: str) -> Response:
         """Add the member named in the body; 201 when added, 200 if present."""
         room, member = self._load(request, room_id, None)
         added = actions.do_add_room_member(room, member, acting=_principal(request))
         return Response(_room_shape(room), status=201 if added else 200)
 
+    @extend_schema(
+        description="Remove the member named by ``member_id`` in a JSON body.",
+        responses={204: None, **errors(400, 404, 415)},
+    )
     def delete(
         self, request: Request, room_id: str, member_id: str | None = None
     ) -> Response:
@@ -135,9 +156,25 @@ class RoomMembersView(APIView):
         return Response(status=204)
 
 
+class RoomMemberView(RoomMembersView):
+    """``DELETE /rooms/{id}/members/{member_id}`` removes a member (admins)."""
+
+    http_method_names = ["delete", "options"]
+
+    @extend_schema(
+        operation_id="rooms_member_destroy", responses={204: None, **errors(404)}
+    )
+    def delete(
+        self, request: Request, room_id: str, member_id: str | None = None
+    ) -> Response:
+        """Remove the member named in the path; 404 if not a member."""
+        return super().delete(request, room_id, member_id)
+
+
 class RoomDevicesView(APIView):
     """``GET /rooms/{id}/devices``: active devices of the room's members."""
 
+    @extend_schema(responses={200: RoomDevicesSerializer, **errors(404)})
     def get(self, request: Request, room_id: str) -> Response:
         """Return the devices with their identity keys (queue depth for admins)."""
         member = _member(request)
@@ -163,6 +200,14 @@ class RoomDevicesView(APIView):
 class RoomMessagesView(APIView):
     """``POST /rooms/{id}/messages``: send one envelope per recipient device."""
 
+    @extend_schema(
+        request=SendSerializer,
+        responses={
+            201: SendResultSerializer,
+            200: SendResultSerializer,
+            **errors(404, 409, 410, 413, 507),
+        },
+    )
     def post(self, request: Request, room_id: str) -> Response:
         """Store the message durably; 201 with its id, or the first result again."""
         limit = int(messaging_settings.MAX_REQUEST_BYTES)
@@ -201,6 +246,13 @@ class RoomMessagesView(APIView):
 class InboxView(APIView):
     """``GET /devices/me/inbox?after=&limit=``: queued envelopes in order."""
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("after", int, description="Return envelopes after it."),
+            OpenApiParameter("limit", int, description="At most this many."),
+        ],
+        responses={200: InboxSerializer, **errors(400)},
+    )
     def get(self, request: Request) -> Response:
         """Return envelopes with ``seq > after``, at most ``limit`` of them."""
         after = _int_param(request, "after", 0, 0, 2**62)
@@ -220,6 +272,7 @@ class InboxView(APIView):
 class InboxAckView(APIView):
     """``POST /devices/me/inbox/ack {up_to_seq}``: delete what was received."""
 
+    @extend_schema(request=AckSerializer, responses={200: AckResultSerializer})
     def post(self, request: Request) -> Response:
         """Delete the caller's deliveries up to ``up_to_seq``."""
         serializer = AckSerializer(data=request.data)

@@ -164,6 +164,29 @@ def test_adding_and_removing_members_is_audited(
         assert actions == ["room.member_added", "room.member_removed"]
 
 
+def test_a_member_named_in_the_path_is_removed_and_cannot_be_posted(
+    api: APIClient, tenant_a: TenantWorld
+) -> None:
+    w = tenant_a
+    room = make_room(w.owner, w.agent)
+    as_device(api, w.admin_device.device)
+    url = f"/api/v1/rooms/{room.pk}/members/{w.agent.pk}"
+
+    posted = api.post(url, {"member_id": str(w.agent.pk)}, format="json")
+    removed = api.delete(url)
+
+    assert posted.status_code == 405
+    assert posted.json() == {
+        "code": "method_not_allowed",
+        "message": "This method is not allowed here.",
+        "fields": {},
+    }
+    assert removed.status_code == 204
+    with tenant_scope(w.tenant.pk):
+        members = RoomMembership.objects.filter(room=room)
+        assert list(members.values_list("member_id", flat=True)) == [w.owner.pk]
+
+
 def test_room_devices_lists_active_devices_with_identity_keys(
     api: APIClient, tenant_a: TenantWorld
 ) -> None:
