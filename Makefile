@@ -6,12 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test lint serve migrate check-rls stop-db clean
 
-$(STAMP): requirements.txt client/pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt client/pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  (echo "AgentVault needs Python 3.11 or newer" >&2; exit 1)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
 setup: $(STAMP)  ## Create .venv with the server, the client SDK and the test tools.
