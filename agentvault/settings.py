@@ -456,7 +456,12 @@ MESSAGING: dict[str, Any] = {
     "RETENTION_DAYS": env.int("AV_RETENTION_DAYS", default=30),
     "ACK_TIMEOUT": env.float("AV_RELAY_ACK_TIMEOUT", default=30.0),
     "SWEEP_INTERVAL": env.float("AV_RELAY_SWEEP_INTERVAL", default=15.0),
-    "STATUS_INTERVAL": env.float("AV_RELAY_STATUS_INTERVAL", default=15.0),
+    # Without Redis, events from another process (a manage.py revoke_device)
+    # cannot reach the worker: its survey is the only way a revocation made
+    # there closes sockets, so it runs often enough to do it within a second.
+    "STATUS_INTERVAL": env.float(
+        "AV_RELAY_STATUS_INTERVAL", default=15.0 if REDIS_URL else 0.5
+    ),
     "FRAME_RATE": env.float("AV_RELAY_FRAME_RATE", default=100.0),
     "FRAME_BURST": env.int("AV_RELAY_FRAME_BURST", default=400),
 }
