@@ -16,6 +16,7 @@ import math
 from typing import Any, ClassVar
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from django.utils.translation import gettext_lazy as _
 from django_ratelimit.exceptions import Ratelimited
@@ -215,6 +216,9 @@ def json_error(
 def handler400(request: HttpRequest, exception: Exception | None = None) -> Any:
     """Answer a request Django refused (too large, malformed) with the envelope."""
     if request.path.startswith("/api/"):
+        if isinstance(exception, RequestDataTooBig):
+            message = "The request is larger than the server accepts."
+            return json_error(request, "payload_too_large", message, 413)
         return json_error(request, "bad_request", "The request was refused.", 400)
     from django.views.defaults import bad_request
 

@@ -4,8 +4,8 @@ Views declare their success bodies and the failures only they can give
 (``errors(404, 409)``). ``ApiAutoSchema`` adds the failures every view of a
 kind can give, so no operation leaves one out:
 
-- a view that reads a JSON body answers 400 (malformed or invalid) and 415
-  (not JSON);
+- a view that reads a JSON body answers 400 (malformed or invalid), 413
+  (over Django's upload limit, or the view's own) and 415 (not JSON);
 - a view behind bearer authentication answers 401 (no or refused token),
   403 (a pending device, or not allowed) and 429 (the caller's address is
   blocked after repeated authentication failures).
@@ -91,7 +91,7 @@ class ApiAutoSchema(AutoSchema):
         responses = super()._get_response_bodies(direction)
         common: list[int] = []
         if self.method in ("POST", "PUT", "PATCH") and self.get_request_serializer():
-            common += [400, 415]
+            common += [400, 413, 415]
         if self._is_authenticated():
             common += [401, 403, 429]
 

@@ -147,5 +147,5 @@ def test_a_body_over_the_upload_limit_is_the_envelope(api: APIClient) -> None:
             data='{"count": 1, "pad": "' + "x" * 5000 + '"}',
             content_type="application/json",
         )
-    assert response.status_code == 400
-    assert envelope(response)["code"] == "bad_request"
+    assert response.status_code == 413
+    assert envelope(response)["code"] == "payload_too_large"
