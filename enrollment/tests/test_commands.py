@@ -49,6 +49,7 @@ def test_an_operator_invites_enrolls_approves_lists_and_revokes(
         )
     assert device(tenant_a, device_id).status == "pending"
 
+    # Typed without the spaces between its groups, it is the same fingerprint.
     out, _ = _run(
         "approve_device",
         "--tenant",
@@ -56,7 +57,7 @@ def test_an_operator_invites_enrolls_approves_lists_and_revokes(
         "--device",
         device_id,
         "--fingerprint",
-        fingerprint,
+        fingerprint.replace(" ", ""),
     )
     assert "is active" in out and fingerprint in out
 

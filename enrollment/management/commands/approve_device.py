@@ -34,7 +34,9 @@ class Command(BaseCommand):
         tenant = resolve_tenant(options["tenant"])
         with tenant_scope(tenant.pk):
             device = load_device(tenant.pk, options["device"])
-            if " ".join(options["fingerprint"].split()) != device.fingerprint:
+            # Groups are fixed-width digits: spacing carries no meaning.
+            given = "".join(options["fingerprint"].split())
+            if given != "".join(device.fingerprint.split()):
                 raise CommandError(
                     "The fingerprint differs from the enrolled key: not approved."
                 )
