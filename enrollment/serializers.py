@@ -10,6 +10,7 @@ from django.utils.translation import gettext_lazy as _
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from agentvault.serializers import StrictInputSerializer
 from enrollment.crypto import (
     CHALLENGE_BYTES,
     KEY_BYTES,
@@ -53,7 +54,7 @@ class Base64Field(serializers.Field[bytes, Any, str, Any]):
 # --- Invites -------------------------------------------------------------------
 
 
-class InviteCreateSerializer(serializers.Serializer[Any]):
+class InviteCreateSerializer(StrictInputSerializer):
     """An invite for a new member (name, kind, role) or an existing member."""
 
     member_id = serializers.UUIDField(required=False)
@@ -118,7 +119,7 @@ class InviteCreatedSerializer(InviteSerializer):
 # --- Enrollment and device authentication -------------------------------------
 
 
-class EnrollmentSerializer(serializers.Serializer[Any]):
+class EnrollmentSerializer(StrictInputSerializer):
     """``POST /enrollments``: the invite token, the device's key and proof."""
 
     invite_token = serializers.CharField(max_length=200, trim_whitespace=False)
@@ -137,13 +138,13 @@ class EnrollmentResultSerializer(serializers.Serializer[Any]):
     fingerprint = serializers.CharField()
 
 
-class ChallengeRequestSerializer(serializers.Serializer[Any]):
+class ChallengeRequestSerializer(StrictInputSerializer):
     """``POST /auth/challenge``: the device asking."""
 
     device_id = serializers.UUIDField()
 
 
-class TokenRequestSerializer(serializers.Serializer[Any]):
+class TokenRequestSerializer(StrictInputSerializer):
     """``POST /auth/token``: the challenge and the identity key's signature."""
 
     device_id = serializers.UUIDField()
@@ -200,7 +201,7 @@ def _prekey_id() -> serializers.IntegerField:
     return serializers.IntegerField(min_value=1, max_value=MAX_PREKEY_ID)
 
 
-class SignedPrekeyInSerializer(serializers.Serializer[Any]):
+class SignedPrekeyInSerializer(StrictInputSerializer):
     """A signed prekey upload."""
 
     id = _prekey_id()
@@ -208,14 +209,14 @@ class SignedPrekeyInSerializer(serializers.Serializer[Any]):
     signature = Base64Field(length=SIGNATURE_BYTES)
 
 
-class OneTimePrekeyInSerializer(serializers.Serializer[Any]):
+class OneTimePrekeyInSerializer(StrictInputSerializer):
     """A one-time prekey upload."""
 
     id = _prekey_id()
     public_key = Base64Field(length=KEY_BYTES)
 
 
-class PrekeyUploadSerializer(serializers.Serializer[Any]):
+class PrekeyUploadSerializer(StrictInputSerializer):
     """``PUT /devices/me/prekeys``."""
 
     signed_prekey = SignedPrekeyInSerializer(required=False)

@@ -17,6 +17,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agentvault.errors import BadRequestError
+from agentvault.serializers import StrictInputSerializer
 from enrollment.models import Device
 from messaging.conf import messaging_settings
 from messaging.errors import PayloadTooLargeError
@@ -143,7 +144,7 @@ class RoomListSerializer(serializers.Serializer):  # type: ignore[type-arg]
     rooms = RoomSerializer(many=True)
 
 
-class CreateRoomSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class CreateRoomSerializer(StrictInputSerializer):
     """Input of ``POST /rooms``."""
 
     name = serializers.CharField(max_length=200)
@@ -152,13 +153,13 @@ class CreateRoomSerializer(serializers.Serializer):  # type: ignore[type-arg]
     )
 
 
-class RoomMemberSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class RoomMemberSerializer(StrictInputSerializer):
     """Input of ``POST/DELETE /rooms/{id}/members``."""
 
     member_id = serializers.UUIDField()
 
 
-class AckSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class AckSerializer(StrictInputSerializer):
     """Input of ``POST /devices/me/inbox/ack``."""
 
     up_to_seq = serializers.IntegerField(min_value=0, max_value=2**62)

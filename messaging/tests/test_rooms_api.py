@@ -72,6 +72,24 @@ def test_an_admin_creates_a_room_with_an_audit_event(
         assert event.actor_id == str(w.admin_device.device.pk)
 
 
+def test_a_misspelt_key_is_refused_not_ignored(
+    api: APIClient, tenant_a: TenantWorld
+) -> None:
+    w = tenant_a
+    as_device(api, w.admin_device.device)
+
+    response = api.post(
+        "/api/v1/rooms",
+        {"name": "ops", "member_ids": [str(w.owner.pk)]},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert response.json()["fields"] == {"member_ids": ["Unknown field."]}
+    with tenant_scope(w.tenant.pk):
+        assert not AuditEvent.objects.filter(action="room.created").exists()
+
+
 def test_non_admins_cannot_create_rooms_or_change_members(
     api: APIClient, tenant_a: TenantWorld
 ) -> None:
