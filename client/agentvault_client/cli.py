@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -453,6 +454,12 @@ async def cmd_agent_run(args: argparse.Namespace) -> int:
     if not command:
         _err("error: give the program after --, e.g. agent run --room R -- ./bot")
         return EXIT_USAGE
+    if not _runnable(command[0]):
+        _err(
+            f"error: program_not_found: {command[0]} is neither an executable"
+            " file nor a command on PATH"
+        )
+        return EXIT_USAGE
     async with _client(args) as client:
         room = await client.resolve_room(args.room)
         bridge = AgentBridge(
@@ -465,6 +472,13 @@ async def cmd_agent_run(args: argparse.Namespace) -> int:
         )
         await bridge.run()
     return 0
+
+
+def _runnable(program: str) -> bool:
+    """Whether ``program`` names an executable file or a command on PATH."""
+    if os.sep in program:
+        return os.path.isfile(program) and os.access(program, os.X_OK)
+    return shutil.which(program) is not None
 
 
 # --- parser and entry point ---------------------------------------------------------

@@ -34,6 +34,20 @@ def test_agent_run_keeps_the_programs_own_arguments() -> None:
     assert args.mode == "lines"
 
 
+@pytest.mark.parametrize("program", ["/nonexistent/bot", "no-such-command-av"])
+def test_agent_run_refuses_a_program_it_cannot_start(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    program: str,
+) -> None:
+    monkeypatch.setenv("AGENTVAULT_HOME", str(tmp_path))
+    code = cli.main(["agent", "run", "--room", "ops", "--", program])
+
+    assert code == cli.EXIT_USAGE
+    assert "error: program_not_found:" in capsys.readouterr().err
+
+
 def test_the_profile_defaults_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
