@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agentvault_client.aio import AsyncAgentVaultClient
-from agentvault_client.errors import SdkError
+from agentvault_client.errors import DuplicateMessageError, SdkError
 from agentvault_client.messages import (
     KIND_AGENT_ERROR,
     KIND_AGENT_STATUS,
@@ -66,6 +66,20 @@ STOP_GRACE = 5.0
 KILL_GRACE = 2.0
 
 Reply = tuple[str, str]
+
+
+def _undecryptable_note(message: Message) -> str:
+    """Tell the room about a message the bridge could not read."""
+    if message.error == DuplicateMessageError.code:
+        # Its text was read before (or it is a replay): nothing to resend.
+        return (
+            f"A message (seq {message.seq}) repeats one already received "
+            f"({message.error}); ignored."
+        )
+    return (
+        f"A message (seq {message.seq}) could not be decrypted "
+        f"({message.error}); please send it again."
+    )
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -196,15 +210,7 @@ class AgentBridge:
 
     async def _handle(self, message: Message) -> None:
         if message.kind == KIND_UNDECRYPTABLE:
-            replies: list[Reply] = [
-                (
-                    KIND_AGENT_ERROR,
-                    (
-                        f"A message (seq {message.seq}) could not be decrypted "
-                        f"({message.error}); please send it again."
-                    ),
-                )
-            ]
+            replies: list[Reply] = [(KIND_AGENT_ERROR, _undecryptable_note(message))]
         elif message.kind != KIND_TEXT:
             return
         elif self.mode == MODE_LINES:

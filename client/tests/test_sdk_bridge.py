@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -97,6 +98,16 @@ def test_an_undecryptable_message_is_reported_not_dropped() -> None:
     client = _run([_message(1, "", kind="undecryptable")], UPPER)
     assert client.sent[0]["kind"] == "agent_error"
     assert "could not be decrypted (decrypt_failed)" in client.sent[0]["text"]
+
+
+def test_a_replayed_message_is_reported_without_asking_to_resend() -> None:
+    replayed = dataclasses.replace(
+        _message(2, "", kind="undecryptable"), error="duplicate_message"
+    )
+    client = _run([replayed], UPPER)
+    assert client.sent[0]["kind"] == "agent_error"
+    assert "repeats one already received" in client.sent[0]["text"]
+    assert "send it again" not in client.sent[0]["text"]
 
 
 def test_other_kinds_are_not_answered() -> None:
