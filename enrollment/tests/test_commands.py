@@ -63,6 +63,8 @@ def test_an_operator_invites_enrolls_approves_lists_and_revokes(
 
     listed, _ = _run("list_devices", "--tenant", slug, "--status", "active")
     assert device_id in listed and fingerprint in listed
+    member_id = device(tenant_a, device_id).member_id
+    assert f"(member {member_id})" in listed
 
     out, _ = _run("revoke_device", "--tenant", slug, "--device", device_id)
     assert "is revoked" in out

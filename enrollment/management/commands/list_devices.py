@@ -37,7 +37,8 @@ class Command(BaseCommand):
                 f"{device.last_seen_at:%Y-%m-%d %H:%M}" if device.last_seen_at else "-"
             )
             self.stdout.write(
-                f"{device.pk}  {device.status:<7}  {device.member.name} / "
-                f"{device.name}  [{device.fingerprint}]  last seen {seen}"
+                f"{device.pk}  {device.status:<7}  {device.member.name} "
+                f"(member {device.member_id}) / {device.name}  "
+                f"[{device.fingerprint}]  last seen {seen}"
             )
         self.stderr.write(f"{len(rows)} device(s)")
