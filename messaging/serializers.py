@@ -13,13 +13,13 @@ import uuid
 from typing import Any
 
 from django.core.validators import RegexValidator
-from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from agentvault.errors import BadRequestError
 from agentvault.serializers import StrictInputSerializer
 from enrollment.models import Device
-from messaging.conf import messaging_settings
+from enrollment.serializers import Base64Field
+from messaging.conf import DEFAULTS, messaging_settings
 from messaging.errors import PayloadTooLargeError
 from messaging.models import Room
 from messaging.store import Envelope, InboxEntry
@@ -182,16 +182,11 @@ def room_device(device: Device, *, queue_depth: int | None = None) -> dict[str, 
 # --- Shapes of bodies built by hand, for the API schema ------------------------
 
 
-@extend_schema_field({"type": "string", "format": "byte"})
-class Base64TextField(serializers.CharField):
-    """Standard, padded base64 text."""
-
-
 class EnvelopeSerializer(serializers.Serializer):  # type: ignore[type-arg]
     """One recipient device's ciphertext in a send (see ``parse_send``)."""
 
     device_id = serializers.UUIDField()
-    ciphertext = Base64TextField(min_length=1)
+    ciphertext = Base64Field()
 
 
 class SendSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -199,9 +194,9 @@ class SendSerializer(serializers.Serializer):  # type: ignore[type-arg]
 
     client_message_id = serializers.CharField(
         min_length=1,
-        max_length=64,
+        max_length=DEFAULTS["MAX_CLIENT_MESSAGE_ID"],
         validators=[RegexValidator(r"^[ -~]+$")],
-        help_text="1 to 64 printable ASCII characters.",
+        help_text="Printable ASCII characters.",
     )
     envelopes = EnvelopeSerializer(many=True)
 
@@ -221,7 +216,7 @@ class InboxEntrySerializer(serializers.Serializer):  # type: ignore[type-arg]
     room_id = serializers.UUIDField()
     sender_device_id = serializers.UUIDField()
     sender_member_id = serializers.UUIDField()
-    ciphertext = Base64TextField()
+    ciphertext = Base64Field()
     server_ts = serializers.DateTimeField()
 
 
@@ -244,7 +239,7 @@ class RoomDeviceSerializer(serializers.Serializer):  # type: ignore[type-arg]
     device_id = serializers.UUIDField()
     member_id = serializers.UUIDField()
     name = serializers.CharField()
-    identity_key = Base64TextField()
+    identity_key = Base64Field()
     fingerprint = serializers.CharField()
     queue_depth = serializers.IntegerField(
         required=False, help_text="Queued envelopes; shown to admins only."
